@@ -1,0 +1,92 @@
+"""What a method plugin is: a factory with defaults that makes objects that turn a scene into an image."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from PIL import Image
+
+from bench.spec import Scene
+
+if TYPE_CHECKING:
+    from bench.context import RunContext
+
+
+@dataclass
+class Generation:
+    """A method's output for one (scene, seed): the image and a record of what it really did.
+
+    ``record`` holds the parameters actually used and, under ``"deviations"``, every way the
+    implementation departs from the upstream method.
+    """
+
+    image: Image.Image
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(Protocol):
+    """A ready method: models loaded through the run context, parameters fixed."""
+
+    def generate(self, scene: Scene, seed: int, ctx: RunContext) -> Generation:
+        """Make the image of ``scene`` for ``seed``."""
+        ...
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: name, defaults, and how to make it.
+
+    ``create(params)`` receives the defaults merged with the user's overrides. ``unavailable()``
+    returns None when the method can run here, or the exact steps to set it up.
+    """
+
+    name: str
+    description: str
+    create: Callable[[Mapping[str, Any]], Method]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    deviations: tuple[str, ...] = ()
+    unavailable: Callable[[], str | None] = staticmethod(lambda: None)  # type: ignore[assignment]
+
+    def resolve_params(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults merged with overrides; an unknown parameter is an error."""
+        unknown = sorted(set(overrides) - set(self.defaults))
+        if unknown:
+            raise ValueError(
+                f"method '{self.name}': unknown parameter '{unknown[0]}'; expected one of {sorted(self.defaults)}"
+            )
+        params = dict(self.defaults)
+        for key, value in overrides.items():
+            params[key] = _coerce_like(self.defaults[key], value, f"{self.name}.{key}")
+        return params
+
+    def key(self, params: Mapping[str, Any]) -> str:
+        """The method's identity in a run store: its name, plus a hash when parameters differ from defaults."""
+        changed = {k: v for k, v in params.items() if self.defaults.get(k) != v}
+        if not changed:
+            return self.name
+        digest = hashlib.sha256(json.dumps(changed, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return f"{self.name}@{digest}"
+
+
+def _coerce_like(default: Any, value: Any, where: str) -> Any:
+    """Convert a command-line string to the type of the parameter's default."""
+    if not isinstance(value, str) or isinstance(default, str) or default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return json.loads(value)
+    except ValueError as err:
+        raise ValueError(f"parameter '{where}': expected a value like {default!r}, got {value!r}") from err
