@@ -90,3 +90,15 @@ def _coerce_like(default: Any, value: Any, where: str) -> Any:
         return json.loads(value)
     except ValueError as err:
         raise ValueError(f"parameter '{where}': expected a value like {default!r}, got {value!r}") from err
+
+
+class NonFiniteOutput(FloatingPointError):
+    """A method's latents or image contain NaN or infinity."""
+
+
+def check_finite(tensor: Any, what: str) -> None:
+    """Raise NonFiniteOutput when ``tensor`` holds NaN or infinity (the runner records the item as 'nan')."""
+    import torch
+
+    if not bool(torch.isfinite(tensor).all()):
+        raise NonFiniteOutput(f"{what} contains NaN or infinity")

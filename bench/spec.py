@@ -171,7 +171,9 @@ class _Fields:
         return value
 
     def integer(self, key: str, default: int | None = None, minimum: int | None = None) -> int:
-        value = self.data.get(key, default)
+        value = self.data.get(key)
+        if value is None:
+            value = default
         if value is None:
             raise SpecError(self.file, self.path(key), "an integer (required field is missing)")
         if isinstance(value, bool) or not isinstance(value, int):
@@ -231,7 +233,8 @@ def load_spec(path: str | Path, size_multiple: int = 8) -> DatasetSpec:
         file,
         "",
         data,
-        ("name", "description", "asset_root", "base_models", "concepts", "scenes", "benchmarks", "loss_level"),
+        ("name", "description", "asset_root", "base_models", "concepts", "scenes", "benchmarks",
+         "loss_level"),
     )
     name = _check_id(file, "name", top.required("name"))
     base_models = _load_base_models(file, top.data.get("base_models") or {})
@@ -240,10 +243,12 @@ def load_spec(path: str | Path, size_multiple: int = 8) -> DatasetSpec:
     benchmarks = _load_benchmarks(file, top.data.get("benchmarks") or [], scenes)
     loss_level = top.data.get("loss_level")
     if loss_level is not None and (isinstance(loss_level, bool) or not isinstance(loss_level, int)):
-        raise SpecError(file, "loss_level", "an integer downsampling factor of the latent (e.g. 4)", loss_level)
-    for scene in scenes.values():
+        raise SpecError(file, "loss_level", "an integer downsampling factor of the latent (e.g. 4)",
+                        loss_level)
+    for i, scene in enumerate(scenes.values()):
         if scene.style not in base_models and base_models:
-            raise SpecError(file, f"scenes.{scene.id}.style", f"a style with a base model {list(base_models)}")
+            raise SpecError(file, f"scenes[{i}].style", f"a style with a base model {list(base_models)}",
+                            scene.style)
     return DatasetSpec(
         name=name,
         path=file.resolve(),
@@ -340,7 +345,15 @@ def _load_scenes(
         regions = _load_regions(file, f.path("regions"), f.required("regions"), concepts)
         conditions = f.data.get("conditions") or {}
         if not isinstance(conditions, Mapping) or not set(conditions) <= set(ADAPTER_KINDS):
-            raise SpecError(file, f.path("conditions"), f"a mapping of {list(ADAPTER_KINDS)} to image paths")
+            raise SpecError(file, f.path("conditions"), f"a mapping of {list(ADAPTER_KINDS)} to image paths",
+                            conditions)
+        for kind, image in conditions.items():
+            if not isinstance(image, str) or not image:
+                raise SpecError(file, _join(f.path("conditions"), kind), "an image path", image)
+        image_guidance = f.boolean("image_guidance", False)
+        if image_guidance and not conditions:
+            raise SpecError(file, f.path("conditions"),
+                            f"at least one condition image {list(ADAPTER_KINDS)} when image_guidance is true")
         style = f.string("style", default=None, required=False)
         if style is None:
             styles = {concepts[r.concept].style for r in regions}
@@ -357,7 +370,7 @@ def _load_scenes(
             seed=f.integer("seed", default=0, minimum=0),
             conditions=dict(conditions),
             adapter_global_weights=f.weights("adapter_global_weights"),
-            image_guidance=f.boolean("image_guidance", False),
+            image_guidance=image_guidance,
             style=style,
         )
     return scenes
@@ -368,10 +381,14 @@ def _load_regions(file: Path, where: str, raw: Any, concepts: Mapping[str, Conce
         raise SpecError(file, where, "a list of regions", raw)
     regions = []
     for j, item in enumerate(raw):
-        f = _Fields(file, f"{where}[{j}]", item, ("concept", "box", "prompt", "negative_prompt", "adapter_weights"))
+        f = _Fields(
+            file, f"{where}[{j}]", item, ("concept", "box", "prompt", "negative_prompt", "adapter_weights")
+        )
         concept = f.string("concept")
         if concept not in concepts:
-            raise SpecError(file, f.path("concept"), f"a concept id defined in 'concepts' {sorted(concepts)}", concept)
+            raise SpecError(
+                file, f.path("concept"), f"a concept id defined in 'concepts' {sorted(concepts)}", concept
+            )
         try:
             box = validate_box(f.required("box"))
         except ValueError as err:
@@ -379,7 +396,9 @@ def _load_regions(file: Path, where: str, raw: Any, concepts: Mapping[str, Conce
         prompt = f.string("prompt") or ""
         missing = [t for t in concepts[concept].token_list if t not in prompt]
         if missing:
-            raise SpecError(file, f.path("prompt"), f"a region prompt containing the concept tokens {missing}", prompt)
+            raise SpecError(
+                file, f.path("prompt"), f"a region prompt containing the concept tokens {missing}", prompt
+            )
         regions.append(
             Region(
                 concept=concept,
@@ -399,6 +418,8 @@ def _load_benchmarks(file: Path, raw: Any, scenes: Mapping[str, Scene]) -> dict[
     for i, item in enumerate(raw):
         f = _Fields(file, f"benchmarks[{i}]", item, ("id", "scenes", "seeds", "seed_scheme"))
         bid = _check_id(file, f.path("id"), f.required("id"))
+        if bid in out:
+            raise SpecError(file, f.path("id"), "a unique benchmark id", bid)
         names = f.data.get("scenes", "all")
         if names == "all":
             names = list(scenes)

@@ -1,0 +1,14 @@
+"""Built-in baseline methods that run in-process on the base model and concept LoRAs."""
+
+from __future__ import annotations
+
+from bench.hookspecs import hookimpl
+from bench.methods import MethodSpec
+
+from baselines import merge
+
+
+@hookimpl
+def bench_methods() -> list[MethodSpec]:
+    """The LoRA-combination baselines."""
+    return [merge.method_spec()]

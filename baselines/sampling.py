@@ -1,0 +1,55 @@
+"""Plain text-to-image sampling with layer-wise (ED-LoRA) prompt embeddings, shared by the LoRA baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from bench.lora.canonical import ConceptLora
+from bench.methods import check_finite
+from bench.seeds import initial_noise
+from bench.textual import LayerwiseState, LayerwiseTextEncoder, install_layerwise
+
+
+def encode_layerwise_pair(
+    pipe: StableDiffusionPipeline, prompt: str, negative_prompt: str, concepts: Sequence[ConceptLora]
+) -> torch.Tensor:
+    """``[2, layers, 77, D]`` embeddings (negative, positive) with every concept token bound per layer."""
+    encoder = LayerwiseTextEncoder(pipe.tokenizer, pipe.text_encoder)
+    positive = encoder.encode(prompt, concepts=concepts)
+    negative = encoder.encode(negative_prompt)
+    return torch.stack([negative, positive])
+
+
+def sample_layerwise(
+    pipe: StableDiffusionPipeline,
+    embeddings: torch.Tensor,
+    seed: int,
+    width: int,
+    height: int,
+    steps: int,
+    guidance_scale: float,
+) -> Image.Image:
+    """Sample with diffusers' own pipeline while every cross-attention layer reads its own embedding row."""
+    device = pipe.unet.device
+    embeddings = embeddings.to(device=device, dtype=pipe.unet.dtype)
+    latents = initial_noise(seed, (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor,
+                                   width // pipe.vae_scale_factor), dtype=pipe.unet.dtype).to(device)
+    with install_layerwise(pipe.unet, LayerwiseState(embeddings)):
+        result = pipe(
+            prompt_embeds=embeddings[1:2, 0],
+            negative_prompt_embeds=embeddings[0:1, 0],
+            latents=latents,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            output_type="np",
+        )
+    array = np.asarray(result.images[0])
+    check_finite(torch.from_numpy(array), "decoded image")
+    return Image.fromarray((array.clip(0, 1) * 255).round().astype("uint8"))

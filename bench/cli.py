@@ -1,0 +1,290 @@
+"""The ``bench`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.assets import AssetResolver, format_missing, missing_assets
+from bench.catalog import DatasetSource
+from bench.methods import MethodSpec
+from bench.plugins import get_plugin_manager, registered_datasets, registered_methods, registered_metrics
+from bench.spec import DatasetSpec, SpecError, load_spec
+
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+class CliError(RuntimeError):
+    """A command-line mistake; printed as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def resolve_dataset(pm: Any, name_or_path: str) -> DatasetSpec:
+    """A dataset by registered name, or a spec file path."""
+    datasets: dict[str, DatasetSource] = registered_datasets(pm)
+    if name_or_path in datasets:
+        return load_spec(datasets[name_or_path].spec_path)
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return load_spec(path)
+    raise CliError(f"--dataset: unknown dataset '{name_or_path}'; expected one of {sorted(datasets)} or a spec file")
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``["lora-composer.steps=20"]`` -> ``{"lora-composer": {"steps": "20"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        name_key, sep, value = pair.partition("=")
+        method, dot, key = name_key.partition(".")
+        if not sep or not dot or not method or not key:
+            raise CliError(f"--param: '{pair}' is malformed; expected METHOD.KEY=VALUE, e.g. lora-composer.steps=20")
+        out.setdefault(method, {})[key] = value
+    return out
+
+
+def select_methods(pm: Any, names: str, params: dict[str, dict[str, str]]) -> list[Any]:
+    """The requested methods with their resolved parameters (``all`` = every available built-in)."""
+    from bench.runner import MethodRequest
+
+    available: dict[str, MethodSpec] = registered_methods(pm)
+    if names == "all":
+        chosen = [name for name, spec in available.items() if spec.unavailable() is None]
+    else:
+        chosen = [n.strip() for n in names.split(",") if n.strip()]
+    for name in [*chosen, *params]:
+        if name not in available:
+            raise CliError(f"--methods: unknown method '{name}'; expected one of {sorted(available)}")
+    try:
+        return [MethodRequest(available[n], available[n].resolve_params(params.get(n, {}))) for n in chosen]
+    except ValueError as err:
+        raise CliError(f"--param: {err}") from err
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_run(args: argparse.Namespace, pm: Any) -> int:
+    """bench run: generate images for methods x scenes x seeds into a run folder."""
+    from bench.runner import RunError, run_benchmark
+
+    spec = resolve_dataset(pm, args.dataset)
+    benchmark = spec.benchmarks.get(args.benchmark) if args.benchmark else spec.benchmarks.get("default")
+    if args.benchmark and benchmark is None:
+        raise CliError(f"--benchmark: '{args.benchmark}' is not in {spec.path}; expected one of "
+                       f"{sorted(spec.benchmarks)}")
+    scenes = _split(args.scenes) or (list(benchmark.scenes) if benchmark else list(spec.scenes))
+    for scene in scenes:
+        if scene not in spec.scenes:
+            raise CliError(f"--scenes: unknown scene '{scene}' in {spec.path}; expected one of {sorted(spec.scenes)}")
+    seeds = args.seeds or (benchmark.seeds if benchmark else 1)
+    scheme = benchmark.seed_scheme if benchmark else "paper"
+    methods = select_methods(pm, args.methods, parse_params(args.param))
+    if not methods:
+        raise CliError("--methods: no method selected")
+    out = Path(args.out) if args.out else DEFAULT_RUNS_DIR / f"{spec.name}-{benchmark.id if benchmark else 'custom'}"
+    assets = AssetResolver(spec, args.assets)
+    try:
+        summary = run_benchmark(
+            spec, assets, methods, scenes, seeds, out, scheme=scheme,
+            benchmark=benchmark.id if benchmark else None, device=args.device,
+            retry_failed=args.retry_failed, quiet=args.quiet,
+        )
+    except RunError as err:
+        raise CliError(str(err)) from err
+    print(f"{out}: {summary.generated} generated, {summary.skipped} already done, {summary.failed} failed "
+          f"(of {summary.planned} planned for this process)")
+    for failure in summary.failures:
+        print(f"  failed: {failure}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, pm: Any) -> int:
+    """bench list: methods, datasets, metrics and runs."""
+    what = args.what
+    if what in ("all", "methods"):
+        print("methods:")
+        for name, spec in registered_methods(pm).items():
+            reason = spec.unavailable()
+            status = "" if reason is None else f"  [unavailable: {reason.splitlines()[0]}]"
+            print(f"  {name:28s} {spec.description}{status}")
+    if what in ("all", "datasets"):
+        print("datasets:")
+        for name, source in registered_datasets(pm).items():
+            print(f"  {name:28s} {source.description} ({source.spec_path})")
+    if what in ("all", "metrics"):
+        print("metrics:")
+        for name, metric in registered_metrics(pm).items():
+            print(f"  {name:28s} {getattr(metric, 'description', '')}")
+    if what in ("all", "runs"):
+        print(f"runs (under {args.runs_dir}):")
+        for manifest in sorted(Path(args.runs_dir).glob("*/manifest.json")):
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            images = len(list(manifest.parent.glob("items/*/*/*.png")))
+            print(f"  {manifest.parent.name:28s} dataset={data['dataset']['name']} methods="
+                  f"{','.join(data['methods'])} images={images}")
+    return 0
+
+
+def cmd_check_assets(args: argparse.Namespace, pm: Any) -> int:
+    """bench check-assets: list exactly which files of a dataset are missing and where they are expected."""
+    spec = resolve_dataset(pm, args.dataset)
+    resolver = AssetResolver(spec, args.assets)
+    scenes = _split(args.scenes)
+    if args.benchmark:
+        if args.benchmark not in spec.benchmarks:
+            raise CliError(f"--benchmark: '{args.benchmark}' is not in {spec.path}")
+        scenes = list(spec.benchmarks[args.benchmark].scenes)
+    missing = missing_assets(spec, resolver, scenes)
+    if not missing:
+        print(f"{spec.name}: every asset is present under {resolver.root}")
+        return 0
+    print(format_missing(missing))
+    return 1
+
+
+def cmd_score(args: argparse.Namespace, pm: Any) -> int:
+    """bench score: compute metrics for a run and write them beside it."""
+    from metrics import score_run
+
+    for run in args.runs:
+        out = score_run(Path(run), _split(args.metrics), quiet=args.quiet)
+        print(f"scores written to {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, pm: Any) -> int:
+    """bench report: tables, plots and grids for one or more scored runs."""
+    from reports import write_report
+
+    index = write_report([Path(r) for r in args.runs], Path(args.out), formats=tuple(_split(args.format) or ["md"]))
+    print(f"report written to {index}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace, pm: Any) -> int:
+    """bench dashboard: serve the Streamlit app over the given runs (and study)."""
+    import subprocess
+
+    from bench.study import dashboard_command
+
+    argv = dashboard_command([Path(r) for r in args.runs], Path(args.study) if args.study else None, args.port)
+    return subprocess.call(argv)
+
+
+def cmd_study_create(args: argparse.Namespace, pm: Any) -> int:
+    """bench study create: build a user study from runs."""
+    from bench.study import create_study
+
+    info = create_study(
+        [Path(r) for r in args.runs], Path(args.out), methods=_split(args.methods),
+        questions_per_participant=args.questions, participants=args.participants, seed=args.seed,
+    )
+    print(f"study written to {info.path}")
+    print(f"admin token: {info.admin_token}")
+    print("participant codes: " + ", ".join(info.participant_codes))
+    return 0
+
+
+def cmd_study_export(args: argparse.Namespace, pm: Any) -> int:
+    """bench study export: answers as CSV."""
+    from bench.study import export_csv
+
+    out = export_csv(Path(args.study), Path(args.out))
+    print(f"answers written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser.add_argument("--plugins", action="append", default=[], metavar="FILE",
+                        help="load a local plugin file (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="generate images")
+    run.add_argument("--methods", default="all", help="comma-separated method names, or 'all'")
+    run.add_argument("--dataset", default="tiny", help="registered dataset name or spec file")
+    run.add_argument("--benchmark", help="benchmark id of the spec (default: 'default' if present)")
+    run.add_argument("--scenes", help="comma-separated scene ids (default: the benchmark's)")
+    run.add_argument("--seeds", type=int, help="seeds per scene (default: the benchmark's)")
+    run.add_argument("--out", help="run folder (default: runs/<dataset>-<benchmark>)")
+    run.add_argument("--assets", help="asset root of the dataset (overrides env, config and spec)")
+    run.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE")
+    run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    run.add_argument("--retry-failed", action="store_true", help="regenerate items recorded as failed")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="show methods, datasets, metrics and runs")
+    lst.add_argument("what", nargs="?", default="all", choices=["all", "methods", "datasets", "metrics", "runs"])
+    lst.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR))
+    lst.set_defaults(func=cmd_list)
+
+    chk = sub.add_parser("check-assets", help="list missing dataset files and where they are expected")
+    chk.add_argument("--dataset", default="paper")
+    chk.add_argument("--assets", help="asset root")
+    chk.add_argument("--benchmark")
+    chk.add_argument("--scenes")
+    chk.set_defaults(func=cmd_check_assets)
+
+    score = sub.add_parser("score", help="score a run (resumable)")
+    score.add_argument("runs", nargs="+")
+    score.add_argument("--metrics", help="comma-separated metric names (default: all)")
+    score.set_defaults(func=cmd_score)
+
+    report = sub.add_parser("report", help="write tables, plots and grids")
+    report.add_argument("runs", nargs="+")
+    report.add_argument("--format", default="md", help="comma-separated: md, latex, csv")
+    report.add_argument("--out", default="reports_out")
+    report.set_defaults(func=cmd_report)
+
+    dash = sub.add_parser("dashboard", help="serve the Streamlit dashboard")
+    dash.add_argument("runs", nargs="+")
+    dash.add_argument("--study")
+    dash.add_argument("--port", type=int, default=8501)
+    dash.set_defaults(func=cmd_dashboard)
+
+    study = sub.add_parser("study", help="user studies").add_subparsers(dest="study_command", required=True)
+    create = study.add_parser("create", help="build a study from runs")
+    create.add_argument("runs", nargs="+")
+    create.add_argument("--out", required=True)
+    create.add_argument("--methods")
+    create.add_argument("--questions", type=int, default=60)
+    create.add_argument("--participants", type=int, default=25)
+    create.add_argument("--seed", type=int, default=0)
+    create.set_defaults(func=cmd_study_create)
+    export = study.add_parser("export", help="export answers as CSV")
+    export.add_argument("study")
+    export.add_argument("--out", required=True)
+    export.set_defaults(func=cmd_study_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bench`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        pm = get_plugin_manager(args.plugins)
+        return int(args.func(args, pm) or 0)
+    except (CliError, SpecError) as err:
+        print(f"bench: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        print(f"bench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Applying canonical LoRAs: merging into weights (reversibly) and the low-rank product on activations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.lora.canonical import ConceptLora, LoraDelta
+from bench.lora.formats import check_lora_fits
+
+
+def _weight_of(model: nn.Module, key: str) -> nn.Parameter:
+    """The weight a delta applies to (the base layer's weight if the module is peft-wrapped)."""
+    module = model.get_submodule(key)
+    return getattr(module, "base_layer", module).weight
+
+
+def _targets(
+    unet: nn.Module | None, text_encoder: nn.Module | None, lora: ConceptLora
+) -> Iterator[tuple[nn.Parameter, LoraDelta]]:
+    for model, deltas in ((unet, lora.unet), (text_encoder, lora.text_encoder)):
+        for key, delta in deltas.items():
+            yield _weight_of(model, key), delta  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def merge_lora_weights(
+    unet: nn.Module | None,
+    text_encoder: nn.Module | None,
+    loras: Sequence[ConceptLora],
+    weights: Sequence[float],
+) -> None:
+    """In place, ``W += weight * scale * up @ down`` for every delta of every LoRA (1x1 convs reshaped).
+
+    All LoRAs are checked against the models first, so a bad file leaves the weights untouched.
+    Token embeddings are not touched (see :mod:`bench.textual`). Pass None for a model to skip it;
+    a LoRA with deltas for a skipped model is an error.
+    """
+    if len(loras) != len(weights):
+        raise ValueError(
+            f"merge_lora_weights: expected one weight per LoRA ({len(loras)}), got {len(weights)}"
+        )
+    for lora in loras:
+        check_lora_fits(lora, unet, text_encoder, where=f"lora '{lora.source}'")
+    for lora, w in zip(loras, weights, strict=True):
+        for param, delta in _targets(unet, text_encoder, lora):
+            update = delta.weight(torch.float32).to(param.device).reshape(param.shape)
+            param.copy_((param.to(torch.float32) + float(w) * update).to(param.dtype))
+
+
+@contextmanager
+def lora_merged(
+    unet: nn.Module | None,
+    text_encoder: nn.Module | None,
+    loras: Sequence[ConceptLora],
+    weights: Sequence[float],
+) -> Iterator[None]:
+    """Merge the LoRAs for the ``with`` body, then restore the exact original weights.
+
+    Only the touched weights are copied. The originals come back even if the body raises.
+    """
+    saved: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
+    for lora in loras:
+        check_lora_fits(lora, unet, text_encoder, where=f"lora '{lora.source}'")
+        for param, _ in _targets(unet, text_encoder, lora):
+            saved.setdefault(id(param), (param, param.detach().clone()))
+    try:
+        merge_lora_weights(unet, text_encoder, loras, weights)
+        yield
+    finally:
+        with torch.no_grad():
+            for param, original in saved.values():
+                param.copy_(original)
+
+
+def low_rank_delta(x: torch.Tensor, delta: LoraDelta) -> torch.Tensor:
+    """``(x @ down.T) @ up.T * scale`` in ``x``'s dtype and device: a LoRA's additive output."""
+    down = delta.down.to(device=x.device, dtype=x.dtype)
+    up = delta.up.to(device=x.device, dtype=x.dtype)
+    return F.linear(F.linear(x, down), up) * delta.scale

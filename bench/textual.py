@@ -1,0 +1,249 @@
+"""Layer-wise (P+ / ED-LoRA) prompt encoding and the attention processor that feeds it to the UNet.
+
+ED-LoRA gives each concept token one input embedding per cross-attention layer. A prompt is encoded
+once per layer with the concept tokens bound to that layer's embedding (Mix-of-Show's
+``bind_concept_prompt``), giving ``[layers, 77, D]``; cross-attention layer ``l`` (numbered down ->
+mid -> up, :mod:`bench.layers`) then attends to copy ``l``.
+
+The shared pipeline is never changed: the tokenizer is a private copy that knows the concept
+tokens, concept rows are written into the token-embedding output by a temporary forward hook
+(the embedding matrix is not resized), and a text-encoder LoRA is merged only for the call.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch import nn
+
+from bench.layers import layer_indices
+from bench.lora.apply import lora_merged
+from bench.lora.canonical import ConceptLora
+
+_PLACEHOLDER_ID = 0  # input id fed to the model at concept-token positions; the hook overwrites its row
+
+
+def _tokenizer_with(tokenizer: Any, tokens: Sequence[str]) -> Any:
+    """``tokenizer`` itself if it already keeps every token whole, else a copy with them added."""
+    added = tokenizer.get_added_vocab()
+    missing = [t for t in dict.fromkeys(tokens) if t not in added]
+    if not missing:
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.add_tokens(missing, special_tokens=True)
+    return tokenizer
+
+
+def _input_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """The padded, truncated ``model_max_length`` (77) ids of ``prompt``, as the SD pipeline tokenizes it."""
+    return tokenizer(
+        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True
+    ).input_ids
+
+
+def token_positions(tokenizer: Any, prompt: str, concept_tokens: Sequence[str]) -> list[int]:
+    """Position of (the first occurrence of) each concept token in the 77-long tokenized prompt (SOT = 0).
+
+    The tokens are registered as added special tokens (on a copy of ``tokenizer`` if needed) so each
+    is one id, and positions come from the real tokenization, not from whitespace word indices.
+    """
+    tokenizer = _tokenizer_with(tokenizer, concept_tokens)
+    ids = _input_ids(tokenizer, prompt)
+    positions = []
+    for token in concept_tokens:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id not in ids:
+            raise ValueError(
+                f"concept token '{token}' is not in the first {len(ids)} tokens of prompt '{prompt}'"
+            )
+        positions.append(ids.index(token_id))
+    return positions
+
+
+class LayerwiseTextEncoder:
+    """Encodes prompts P+-style: one copy per cross-attention layer with concept tokens bound per layer."""
+
+    def __init__(self, tokenizer: Any, text_encoder: nn.Module):
+        self.tokenizer = copy.deepcopy(tokenizer)
+        self.text_encoder = text_encoder
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any) -> LayerwiseTextEncoder:
+        """Wrap a diffusers pipeline's tokenizer (copied) and text encoder (shared, left unchanged)."""
+        return cls(pipe.tokenizer, pipe.text_encoder)
+
+    def token_positions(self, prompt: str, concept_tokens: Sequence[str]) -> list[int]:
+        """:func:`token_positions` with this encoder's tokenizer."""
+        self.tokenizer = _tokenizer_with(self.tokenizer, concept_tokens)
+        return token_positions(self.tokenizer, prompt, concept_tokens)
+
+    @torch.no_grad()
+    def encode(
+        self,
+        prompt: str,
+        concepts: Sequence[ConceptLora] = (),
+        text_lora: ConceptLora | None = None,
+        num_layers: int = 16,
+    ) -> torch.Tensor:
+        """``[num_layers, 77, D]``: copy ``l`` has each concept token bound to its layer-``l`` embedding.
+
+        A one-row embedding is used for every layer. ``text_lora``'s text-encoder deltas are merged for
+        the call only. A prompt without concept tokens gives one encoding expanded over the layers.
+        """
+        table = _embedding_table(concepts, num_layers)
+        self.tokenizer = _tokenizer_with(self.tokenizer, list(table))
+        ids = _input_ids(self.tokenizer, prompt)
+        token_of_id = {self.tokenizer.convert_tokens_to_ids(t): t for t in table}
+        self._refuse_unbound(prompt, ids, token_of_id)
+        positions = [i for i, token_id in enumerate(ids) if token_id in token_of_id]
+        device = self.text_encoder.device
+        input_ids = torch.tensor(
+            [_PLACEHOLDER_ID if i in positions else t for i, t in enumerate(ids)], device=device
+        )
+        layerwise = any(table[token_of_id[ids[p]]].shape[0] > 1 for p in positions)
+        copies = num_layers if layerwise else 1
+        rows = None
+        if positions:
+            per_position = [table[token_of_id[ids[p]]].expand(num_layers, -1) for p in positions]
+            rows = torch.stack(per_position, dim=1)[:copies]  # [copies, n_positions, D]
+        te_lora = dataclasses.replace(text_lora, unet={}, token_embeddings={}) if text_lora else None
+        merged = lora_merged(None, self.text_encoder, [te_lora], [1.0]) if te_lora else nullcontext()
+        with merged, _rows_written(self.text_encoder.get_input_embeddings(), positions, rows):
+            hidden = self.text_encoder(input_ids.expand(copies, -1))[0]
+        return hidden.expand(num_layers, -1, -1) if copies == 1 else hidden
+
+    def _refuse_unbound(self, prompt: str, ids: Sequence[int], token_of_id: Mapping[int, str]) -> None:
+        """Refuse a token registered by an earlier call but given no embedding now (its id has no row)."""
+        added = {i: t for t, i in self.tokenizer.get_added_vocab().items() if i not in token_of_id}
+        unbound = [
+            added[i]
+            for i in ids
+            if i in added and i >= self.text_encoder.get_input_embeddings().num_embeddings
+        ]
+        if unbound:
+            raise ValueError(
+                f"prompt '{prompt}' contains concept token '{unbound[0]}' but no concept given to "
+                "encode() has an embedding for it"
+            )
+
+
+def _embedding_table(concepts: Sequence[ConceptLora], num_layers: int) -> dict[str, torch.Tensor]:
+    """``{token: [rows, D]}`` over all concepts; rows must be 1 or ``num_layers``."""
+    table: dict[str, torch.Tensor] = {}
+    for concept in concepts:
+        for token, emb in concept.token_embeddings.items():
+            if emb.ndim != 2 or emb.shape[0] not in (1, num_layers):
+                raise ValueError(
+                    f"{concept.source}: token embedding '{token}': expected [1 or {num_layers}, dim], "
+                    f"got {list(emb.shape)}"
+                )
+            if token in table and not torch.equal(table[token], emb):
+                raise ValueError(f"{concept.source}: token '{token}' is also defined by another concept")
+            table[token] = emb
+    return table
+
+
+@contextmanager
+def _rows_written(
+    embedding: nn.Module, positions: Sequence[int], rows: torch.Tensor | None
+) -> Iterator[None]:
+    """While active, the token-embedding output at ``positions`` is replaced by ``rows`` [batch, n, D]."""
+    if rows is None:
+        yield
+        return
+
+    def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        output[:, list(positions)] = rows.to(device=output.device, dtype=output.dtype)
+        return output
+
+    handle = embedding.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+# ----------------------------------------------------------------------------------------------
+# The UNet side: layer l's cross-attention reads copy l
+
+
+@dataclass
+class LayerwiseState:
+    """What the layer-wise processors read: ``embeddings`` ``[B, layers, 77, D]`` or None (plain)."""
+
+    embeddings: torch.Tensor | None = None
+
+
+class LayerwiseAttnProcessor:
+    """Cross-attention processor that attends to its own layer's text embedding.
+
+    When ``state.embeddings`` is set, ``encoder_hidden_states`` is replaced by
+    ``state.embeddings[:, layer_index]``; otherwise it is exactly :class:`AttnProcessor2_0`.
+    """
+
+    def __init__(self, layer_index: int, state: LayerwiseState):
+        self.layer_index = layer_index
+        self.state = state
+        self._sdpa = AttnProcessor2_0()
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        embeddings = self.state.embeddings
+        if embeddings is not None and encoder_hidden_states is not None:
+            if embeddings.ndim != 4 or embeddings.shape[0] != hidden_states.shape[0]:
+                raise ValueError(
+                    f"layer-wise embeddings: expected [batch={hidden_states.shape[0]}, layers, 77, D], "
+                    f"got {list(embeddings.shape)}"
+                )
+            encoder_hidden_states = embeddings[:, self.layer_index].to(hidden_states.dtype)
+        return self._sdpa(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+class LayerwiseHandle:
+    """Puts a UNet's original attention processors back; usable as a context manager."""
+
+    def __init__(self, unet: nn.Module, original: Mapping[str, Any]):
+        self._unet = unet
+        self._original = dict(original)
+        self.restored = False
+
+    def restore(self) -> None:
+        """Reinstall the processors the UNet had before :func:`install_layerwise` (idempotent)."""
+        if not self.restored:
+            self._unet.set_attn_processor(dict(self._original))  # set_attn_processor pops from the dict
+            self.restored = True
+
+    def __enter__(self) -> LayerwiseHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+def install_layerwise(unet: nn.Module, state: LayerwiseState) -> LayerwiseHandle:
+    """Put a :class:`LayerwiseAttnProcessor` with its layer index on every ``attn2``; others are kept.
+
+    Returns a handle whose ``restore()`` (or ``with`` exit) reinstalls the original processors.
+    """
+    original = unet.attn_processors
+    indices = layer_indices(unet)
+    processors = {}
+    for name, processor in original.items():
+        module = name.removesuffix(".processor")
+        processors[name] = LayerwiseAttnProcessor(indices[module], state) if module in indices else processor
+    unet.set_attn_processor(processors)
+    return LayerwiseHandle(unet, original)

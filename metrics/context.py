@@ -1,0 +1,125 @@
+"""What a metric gets besides the images: the spec, its assets, shared embedders and reference embeddings.
+
+Reference embeddings are computed once per (embedder, view) and cached on disk by the hash of the
+reference file (and its mask), so rescoring a run, or scoring another run of the same dataset with
+the same cache folder, never re-embeds a reference image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
+
+from bench.spec import Concept, DatasetSpec
+from bench.store import atomic_write_bytes
+from metrics.crops import reference_view
+from metrics.models import TINY_CLIP, TINY_DINO, ClipEmbedder, DinoEmbedder, file_hash
+
+
+class Embedder(Protocol):
+    """Anything that turns images into L2-normalised embeddings."""
+
+    fingerprint: str
+
+    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """``[N, D]`` embeddings."""
+        ...
+
+
+class ReferenceSource(Protocol):
+    """The part of ``bench.assets.AssetResolver`` metrics use."""
+
+    def reference_images(self, concept_id: str) -> list[Path]:
+        """The concept's reference image files."""
+        ...
+
+    def mask_images(self, concept_id: str) -> list[Path]:
+        """The concept's reference masks (same file stems as the references), possibly empty."""
+        ...
+
+
+class ScoreContext:
+    """Shared resources of one scoring pass; embedders load lazily, once."""
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        references: ReferenceSource,
+        *,
+        clip_model: str = TINY_CLIP,
+        clip_weights: str | Path | None = None,
+        dino_model: str | Path = TINY_DINO,
+        device: str = "cpu",
+        cache_dir: Path | None = None,
+    ):
+        self.spec = spec
+        self.references = references
+        self.clip_model, self.clip_weights, self.dino_model = clip_model, clip_weights, dino_model
+        self.device = device
+        self.cache_dir = cache_dir
+        self._embedders: dict[str, Any] = {}
+        self._refs: dict[tuple[str, str, str], torch.Tensor] = {}
+        self.reference_embeds = 0  # reference images actually run through a model (cache misses)
+
+    def clip(self) -> ClipEmbedder:
+        """The CLIP embedder, loaded on first use."""
+        if "clip" not in self._embedders:
+            self._embedders["clip"] = ClipEmbedder(self.clip_model, self.clip_weights, device=self.device)
+        return self._embedders["clip"]
+
+    def dino(self) -> DinoEmbedder:
+        """The DINO embedder, loaded on first use."""
+        if "dino" not in self._embedders:
+            self._embedders["dino"] = DinoEmbedder(self.dino_model, device=self.device)
+        return self._embedders["dino"]
+
+    def concept(self, concept_id: str) -> Concept:
+        """The spec's concept by id."""
+        return self.spec.concepts[concept_id]
+
+    def sorted_references(self, concept_id: str) -> list[tuple[Path, Path | None]]:
+        """(reference, mask or None) pairs sorted by file name: the order ``first_ref`` relies on."""
+        refs = sorted(self.references.reference_images(concept_id), key=lambda p: p.name)
+        if not refs:
+            raise FileNotFoundError(
+                f"{self.spec.path}: concepts[{concept_id}].references: expected at least one reference image"
+            )
+        masks = {p.stem: p for p in self.references.mask_images(concept_id)}
+        return [(ref, masks.get(ref.stem)) for ref in refs]
+
+    def reference_embeddings(self, embedder: Embedder, concept_id: str, crop_mode: str) -> torch.Tensor:
+        """``[R, D]`` embeddings of a concept's references in sorted file-name order, cached by file hash."""
+        key = (embedder.fingerprint, concept_id, crop_mode)
+        if key not in self._refs:
+            rows = [
+                self._reference_row(embedder, ref, mask, crop_mode)
+                for ref, mask in self.sorted_references(concept_id)
+            ]
+            self._refs[key] = torch.stack(rows)
+        return self._refs[key]
+
+    def _reference_row(
+        self, embedder: Embedder, ref: Path, mask: Path | None, crop_mode: str
+    ) -> torch.Tensor:
+        content = file_hash(ref) + (
+            f"+{file_hash(mask)}" if mask is not None and crop_mode == "mask_grey" else ""
+        )
+        space = hashlib.sha256(f"{embedder.fingerprint}|{crop_mode}".encode()).hexdigest()[:16]
+        path = self.cache_dir / space / f"{content}.safetensors" if self.cache_dir is not None else None
+        if path is not None and path.is_file():
+            return load_file(str(path))["embedding"]
+        with Image.open(ref) as image:
+            mask_image = Image.open(mask) if mask is not None else None
+            view = reference_view(image, mask_image, crop_mode)
+        embedding = embedder.embed_images([view])[0].contiguous()
+        self.reference_embeds += 1
+        if path is not None:
+            atomic_write_bytes(path, save_bytes({"embedding": embedding}))
+        return embedding

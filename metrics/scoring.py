@@ -1,0 +1,141 @@
+"""``bench score RUN``: score every finished image of a run and write the scores beside it.
+
+Layout::
+
+    RUN/scores/<metric key>/conventions.json                         model, weights hash, preprocessing, ...
+    RUN/scores/<metric key>/items/<method>/<scene>/<index>.json      one file per image: a row per region
+    RUN/scores/.refcache/                                            reference embeddings by file hash
+
+Each item file is written atomically once its batch is scored, so a rerun skips finished items and
+a killed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from bench.spec import load_spec
+from bench.store import ItemRecord, RunStore, atomic_write_json
+from metrics.api import MetricSpec, ScoreItem
+from metrics.context import ReferenceSource, ScoreContext
+from metrics.models import TINY_CLIP, TINY_DINO
+
+SCORES = "scores"
+CONVENTIONS = "conventions.json"
+DEFAULT_METRICS = ("clip_i", "clip_t", "clip_i@official", "clip_t@official")
+
+
+class ScoreError(RuntimeError):
+    """Scores cannot be written as asked (unknown metric, conventions differ from existing scores)."""
+
+
+def _registry(registry: Mapping[str, MetricSpec] | None) -> Mapping[str, MetricSpec]:
+    if registry is not None:
+        return registry
+    from metrics.plugin import builtin_metrics
+
+    return {m.name: m for m in builtin_metrics()}
+
+
+def _check_conventions(path: Path, conventions: dict[str, Any]) -> None:
+    if not path.is_file():
+        atomic_write_json(path, conventions)
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    for field in sorted(set(old) | set(conventions)):
+        if old.get(field) != json.loads(json.dumps(conventions.get(field), default=str)):
+            raise ScoreError(
+                f"{path}: field '{field}': the existing scores were made with {old.get(field)!r}, "
+                f"this run asks for "
+                f"{conventions.get(field)!r}; delete {path.parent} to rescore, or keep the old conventions"
+            )
+
+
+def _load_item(record: ItemRecord, scenes: Mapping[str, Any]) -> ScoreItem:
+    assert record.image is not None
+    with Image.open(record.image) as image:
+        image.load()
+        return ScoreItem(
+            record.key.method, scenes[record.key.scene], record.key.index, record.seed, image.convert("RGB")
+        )
+
+
+def score_run(
+    run_dir: str | Path,
+    metric_names: Sequence[str] | None = None,
+    *,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    clip_model: str = TINY_CLIP,
+    clip_weights: str | Path | None = None,
+    dino_model: str | Path = TINY_DINO,
+    device: str = "cpu",
+    batch_size: int = 16,
+    cache_dir: Path | None = None,
+    references: ReferenceSource | None = None,
+    registry: Mapping[str, MetricSpec] | None = None,
+    quiet: bool = False,
+) -> Path:
+    """Score the run's finished images with each metric; return the scores folder (``RUN/scores``).
+
+    ``params`` maps a metric name to parameter overrides (e.g. ``{"clip_i": {"crop_mode": "mask_grey"}}``).
+    ``references`` defaults to ``bench.assets.AssetResolver`` on the manifest's dataset.
+    """
+    store = RunStore(run_dir)
+    manifest = store.read_manifest()
+    dataset = manifest.get("dataset") or {}
+    spec = load_spec(dataset["path"])
+    if dataset.get("spec_hash") and dataset["spec_hash"] != spec.spec_hash():
+        raise ScoreError(
+            f"{store.manifest_path}: field 'dataset.spec_hash': expected {spec.spec_hash()} (the spec file "
+            f"{spec.path} changed since the run was made; score with the spec the run used)"
+        )
+    if references is None:
+        from bench.assets import AssetResolver
+
+        references = AssetResolver(spec, dataset.get("asset_root"))
+    out = store.root / SCORES
+    ctx = ScoreContext(
+        spec,
+        references,
+        clip_model=clip_model,
+        clip_weights=clip_weights,
+        dino_model=dino_model,
+        device=device,
+        cache_dir=cache_dir if cache_dir is not None else out / ".refcache",
+    )
+    metrics = _registry(registry)
+    records = [r for r in store.records() if r.ok and r.image is not None]
+    for name in metric_names or DEFAULT_METRICS:
+        if name not in metrics:
+            raise ScoreError(f"metric '{name}': expected one of {sorted(metrics)}")
+        mspec = metrics[name]
+        resolved = mspec.resolve_params((params or {}).get(name, {}))
+        metric = mspec.create(resolved)
+        folder = out / mspec.key(resolved)
+        conventions = {"metric": name, "params": resolved, "kind": metric.kind, **metric.conventions(ctx)}
+        _check_conventions(folder / CONVENTIONS, conventions)
+        pending = [r for r in records if not (folder / f"{r.key.relative}.json").is_file()]
+        with tqdm(total=len(pending), desc=f"score {folder.name}", unit="img", disable=quiet) as bar:
+            for start in range(0, len(pending), batch_size):
+                batch = pending[start : start + batch_size]
+                rows = metric.score([_load_item(r, spec.scenes) for r in batch], ctx)
+                for record, item_rows in zip(batch, rows, strict=True):
+                    atomic_write_json(
+                        folder / f"{record.key.relative}.json",
+                        {
+                            "method": record.key.method,
+                            "scene": record.key.scene,
+                            "index": record.key.index,
+                            "seed": record.seed,
+                            "style": spec.scenes[record.key.scene].style,
+                            "rows": item_rows,
+                        },
+                    )
+                bar.update(len(batch))
+    return out

@@ -1,0 +1,124 @@
+"""The LoRA-Composer sampler: equivalence to diffusers, concept enhancement, schedule, T2I-Adapter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import T2IAdapter
+
+from bench.seeds import initial_noise
+from bench.tiny_models import build_tiny_pipeline
+from composer.adapter import adapter_residuals, weight_map
+from composer.attention import Controller, composer_processors
+from composer.layout import RegionInput, prepare_layout
+from composer.pipeline import ComposerConfig, Sampler
+from composer.synthetic import random_concept_lora
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = build_tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def regions(pipe) -> list[RegionInput]:
+    cat = random_concept_lora(pipe.unet, pipe.text_encoder, ["<a1>", "<a2>"], seed=1)
+    dog = random_concept_lora(pipe.unet, pipe.text_encoder, ["<b1>", "<b2>"], seed=2)
+    return [
+        RegionInput((0.0, 0.0, 0.5, 1.0), "a <a1> <a2>, on the grass", cat, ("<a1>", "<a2>"), "low quality"),
+        RegionInput((0.5, 0.25, 1.0, 1.0), "photo of <b1> <b2>", dog, ("<b1>", "<b2>"), "low quality"),
+    ]
+
+
+def _scheduler(pipe):
+    return type(pipe.scheduler).from_config(pipe.scheduler.config)
+
+
+def test_no_regions_no_constraints_equals_stable_diffusion_pipeline(pipe) -> None:
+    noise = initial_noise(3, (1, 4, 8, 16))
+    expected = pipe("a photo of a cat", negative_prompt="blurry", num_inference_steps=3, guidance_scale=7.5,
+                    latents=noise.clone(), height=64, width=128, output_type="latent").images
+    layout = prepare_layout(pipe, "a photo of a cat", "blurry")
+    config = ComposerConfig(num_steps=3, concept_enhancement=False, concept_isolation=False, latent_reinit=False)
+    result = Sampler(pipe.unet, _scheduler(pipe), layout, config)(noise)
+    torch.testing.assert_close(result.latents, expected, rtol=1e-5, atol=1e-5)
+    assert not any(type(p).__module__.startswith("composer") for p in pipe.unet.attn_processors.values())
+    assert all(p.requires_grad for p in pipe.unet.parameters())  # flags restored
+
+
+def test_token_positions_come_from_the_tokenizer(pipe, regions) -> None:
+    layout = prepare_layout(pipe, "a cat and a dog", "low quality", regions)
+    assert layout.token_positions == [[2, 3], [3, 4]]  # SOT, a, <a1>, <a2> / SOT, photo, of, <b1>, <b2>
+
+
+def _in_box_mass(sampler: Sampler, latents: torch.Tensor, t: torch.Tensor) -> list[float]:
+    cross, _ = sampler.conditional_maps(latents, t, cross=True, self_maps=False, adapter=False)
+    geo = sampler.controller.geometry(sampler.config.loss_level)
+    masses = []
+    for r, (y0, y1, x0, x1) in enumerate(geo.grid_boxes):
+        a = cross[r][:, :, list(sampler.layout.token_positions[r])].sum(-1)
+        masses.append(float(a[y0:y1, x0:x1].sum() / a.sum()))
+    return masses
+
+
+def _refined_masses(pipe, regions, enhancement: bool, steps: int = 3) -> list[list[float]]:
+    layout = prepare_layout(pipe, "a cat and a dog", "low quality", regions)
+    config = ComposerConfig(num_steps=4, loss_level=2, concept_enhancement=enhancement)
+    scheduler = _scheduler(pipe)
+    scheduler.set_timesteps(4)
+    sampler = Sampler(pipe.unet, scheduler, layout, config)
+    sampler.controller = Controller(boxes=layout.boxes, latent_hw=(8, 8), layers=layout.caches, loss_level=2)
+    latents, t = initial_noise(5, (1, 4, 8, 8)), scheduler.timesteps[1]
+    history = []
+    with composer_processors(pipe.unet, sampler.controller):
+        for _ in range(steps):
+            history.append(_in_box_mass(sampler, latents, t))
+            latents, _, _ = sampler.refine(latents, t, config.step_size, adapter=False)
+        history.append(_in_box_mass(sampler, latents, t))
+    return history
+
+
+def test_concept_enhancement_raises_in_box_attention(pipe, regions) -> None:
+    on = _refined_masses(pipe, regions, enhancement=True)
+    off = _refined_masses(pipe, regions, enhancement=False)  # isolation loss only
+    assert on[0] == pytest.approx(off[0])
+    for r in range(len(regions)):
+        trace = [step[r] for step in on]
+        assert all(b > a for a, b in zip(trace, trace[1:], strict=False)), trace
+        assert on[-1][r] > off[-1][r]
+
+
+def test_refinement_schedule_and_record(pipe, regions) -> None:
+    layout = prepare_layout(pipe, "a cat and a dog", "low quality", regions)
+    config = ComposerConfig(num_steps=4, loss_level=2, max_refine_steps=3)
+    result = Sampler(pipe.unet, _scheduler(pipe), layout, config)(initial_noise(1, (1, 4, 8, 8)))
+    log = result.log
+    assert log["refine_steps"] == 3 and log["stop_step"] == 2  # i = 0, 1, 2 (i >= max - 1 stops)
+    assert [entry["step"] for entry in log["losses"]] == [0, 1, 2]
+    assert len(log["reinit_windows"]) == 2
+    assert torch.isfinite(result.latents).all()
+    sizes = config.step_sizes()
+    assert float(sizes[0]) == pytest.approx(20.0) and float(sizes[-1]) == pytest.approx(20 * 0.5**0.5)
+
+
+def test_adapter_weight_map_and_refinement_only_application(pipe, regions) -> None:
+    wmap = weight_map([(0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)], [1.0, None], 0.25, 2, 4)
+    assert wmap.tolist() == [[1.0, 1.0, 0.25, 0.25]] * 2
+    torch.manual_seed(0)
+    adapter = T2IAdapter(in_channels=3, channels=list(pipe.unet.config.block_out_channels), num_res_blocks=2,
+                         downscale_factor=8, adapter_type="full_adapter")
+    image = torch.rand(1, 3, 64, 64)
+    features = adapter_residuals({"pose": adapter}, {"pose": image}, [r.box for r in regions],
+                                 [{"pose": 1.0}, {}], {"pose": 0.0})
+    assert features is not None and len(features) == 4
+    assert torch.all(features[0][..., 4:, :] == 0)  # global weight 0 outside region 0 (region 1 unweighted)
+    config = ComposerConfig(num_steps=3, loss_level=2, max_refine_steps=2, latent_reinit=False)
+    noise = initial_noise(2, (1, 4, 8, 8))
+    with_adapter = prepare_layout(pipe, "two pets", "low quality", regions, adapter_features=features)
+    plain = prepare_layout(pipe, "two pets", "low quality", regions)
+    result = Sampler(pipe.unet, _scheduler(pipe), with_adapter, config)(noise)
+    baseline = Sampler(pipe.unet, _scheduler(pipe), plain, config)(noise)
+    assert result.log["adapter_steps"] == [0]  # CFG steps while refining (stops after step 1's update)
+    assert not torch.allclose(result.latents, baseline.latents)
