@@ -126,7 +126,13 @@ def _round_to(value: float, multiple: int) -> int:
 
 
 def crop_window(
-    box: Box, width: int, height: int, mode: str = "crop", expand: float = 2.0, size: int = 512, multiple: int = 8
+    box: Box,
+    width: int,
+    height: int,
+    mode: str = "crop",
+    expand: float = 2.0,
+    size: int = 512,
+    multiple: int = 8,
 ) -> Window:
     """The canvas window a box is inpainted in.
 
@@ -145,14 +151,18 @@ def crop_window(
     x0 = int(min(max(round(cx - win_w / 2), 0), width - win_w))
     y0 = int(min(max(round(cy - win_h / 2), 0), height - win_h))
     scale = size / max(win_w, win_h)
-    return Window(x0, y0, x0 + win_w, y0 + win_h, _round_to(win_w * scale, multiple), _round_to(win_h * scale, multiple))
+    return Window(
+        x0, y0, x0 + win_w, y0 + win_h, _round_to(win_w * scale, multiple), _round_to(win_h * scale, multiple)
+    )
 
 
 def box_mask_image(box: Box, canvas_w: int, canvas_h: int, window: Window) -> Image.Image:
     """The white-on-black mask of the box inside a window, at the window's working size."""
     bx0, by0, bx1, by1 = to_xyxy_pixels(box, canvas_w, canvas_h)
     mask = np.zeros((window.size[1], window.size[0]), dtype=np.uint8)
-    mask[max(by0 - window.y0, 0) : max(by1 - window.y0, 0), max(bx0 - window.x0, 0) : max(bx1 - window.x0, 0)] = 255
+    mask[
+        max(by0 - window.y0, 0) : max(by1 - window.y0, 0), max(bx0 - window.x0, 0) : max(bx1 - window.x0, 0)
+    ] = 255
     return Image.fromarray(mask).resize((window.work_w, window.work_h), Image.NEAREST)
 
 
@@ -164,7 +174,9 @@ def cut_window(canvas: Image.Image, window: Window) -> Image.Image:
     return crop
 
 
-def paste_back(canvas: Image.Image, result: Image.Image, window: Window, box: Box, inside_box_only: bool) -> Image.Image:
+def paste_back(
+    canvas: Image.Image, result: Image.Image, window: Window, box: Box, inside_box_only: bool
+) -> Image.Image:
     """The canvas with the model's window result pasted: only inside the box, or over the whole window."""
     out = np.array(canvas.convert("RGB"))
     patch = np.array(result.convert("RGB").resize(window.size, Image.BICUBIC))

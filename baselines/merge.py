@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from baselines.sampling import encode_layerwise_pair, sample_layerwise
 from bench.context import RunContext
 from bench.lora.apply import lora_merged
 from bench.methods import Generation, MethodSpec
 from bench.spec import Scene
-
-from baselines.sampling import encode_layerwise_pair, sample_layerwise
 
 DEFAULTS: dict[str, Any] = {
     "steps": 50,

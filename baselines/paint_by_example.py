@@ -74,27 +74,40 @@ def unavailable() -> str | None:
     """None when diffusers still ships PaintByExamplePipeline, else how to get a version that does."""
     if _IMPORT_ERROR is None:
         return None
-    return (f"diffusers cannot import PaintByExamplePipeline ({_IMPORT_ERROR}). Install the pinned version: "
-            "pip install 'diffusers>=0.42,<0.43'")
+    return (
+        f"diffusers cannot import PaintByExamplePipeline ({_IMPORT_ERROR}). Install the pinned version: "
+        "pip install 'diffusers>=0.42,<0.43'"
+    )
 
 
 def build_tiny_pbe(seed: int = 0) -> PaintByExamplePipeline:
-    """A tiny Paint-by-Example pipeline (SD1.5 UNet layout with 9 input channels) with fixed random weights."""
+    """A tiny Paint-by-Example pipeline (SD1.5 UNet layout, 9 input channels) with fixed random weights."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**dict(tiny_unet_config(), in_channels=9))
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(**tiny_vae_config())
     torch.manual_seed(seed + 2)
     vision = CLIPVisionConfig(
-        hidden_size=32, projection_dim=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5,
-        image_size=32, patch_size=4, layer_norm_eps=1e-5,
+        hidden_size=32,
+        projection_dim=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        image_size=32,
+        patch_size=4,
+        layer_norm_eps=1e-5,
     )
     encoder = PaintByExampleImageEncoder(vision, proj_size=TINY_TEXT_DIM)
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              skip_prk_steps=True, steps_offset=1)
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
+    )
     pipe = PaintByExamplePipeline(
-        vae=vae.eval(), image_encoder=encoder.eval(), unet=unet.eval(), scheduler=scheduler,
-        safety_checker=None, feature_extractor=CLIPImageProcessor(size=32, crop_size=32),
+        vae=vae.eval(),
+        image_encoder=encoder.eval(),
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=CLIPImageProcessor(size=32, crop_size=32),
         requires_safety_checker=False,
     )
     return pipe
@@ -112,9 +125,11 @@ def load_pbe(path: str | Path, dtype: torch.dtype = torch.float32) -> PaintByExa
     root = Path(path).expanduser()
     index = root / "model_index.json"
     if not index.is_file():
-        raise ValueError(f"paint-by-example parameter 'model': '{root}' has no model_index.json; expected a "
-                         "diffusers folder of Fantasy-Studio/Paint-by-Example (huggingface-cli download "
-                         "Fantasy-Studio/Paint-by-Example --local-dir models/Paint-by-Example)")
+        raise ValueError(
+            f"paint-by-example parameter 'model': '{root}' has no model_index.json; expected a "
+            "diffusers folder of Fantasy-Studio/Paint-by-Example (huggingface-cli download "
+            "Fantasy-Studio/Paint-by-Example --local-dir models/Paint-by-Example)"
+        )
     scheduler_cls = _SCHEDULERS.get(json.loads(index.read_text())["scheduler"][1], PNDMScheduler)
     return PaintByExamplePipeline(
         vae=AutoencoderKL.from_pretrained(root / "vae", torch_dtype=dtype),
@@ -133,7 +148,9 @@ class PaintByExampleMethod:
     def __init__(self, params: Mapping[str, Any]):
         self.params = dict(params)
         if self.params["mode"] not in ("crop", "full"):
-            raise ValueError(f"method '{NAME}': parameter 'mode' must be 'crop' or 'full', got {self.params['mode']!r}")
+            raise ValueError(
+                f"method '{NAME}': parameter 'mode' must be 'crop' or 'full', got {self.params['mode']!r}"
+            )
         self._pipe: PaintByExamplePipeline | None = None
         self._model_ref = ""
 
@@ -143,9 +160,11 @@ class PaintByExampleMethod:
         if ref == "auto":
             base_ref = str(ctx.spec.base_models.get(style, ""))
             if not base_ref.startswith("builtin:"):
-                raise ValueError(f"method '{NAME}': parameter 'model' is 'auto', which only resolves for built-in "
-                                 "tiny base models; expected model=PATH of a local Fantasy-Studio/Paint-by-Example "
-                                 "diffusers folder")
+                raise ValueError(
+                    f"method '{NAME}': parameter 'model' is 'auto', which only resolves for built-in "
+                    "tiny base models; expected model=PATH of a local Fantasy-Studio/Paint-by-Example "
+                    "diffusers folder"
+                )
             ref = TINY_MODEL
         if self._pipe is None or ref != self._model_ref:
             pipe = build_tiny_pbe() if ref == TINY_MODEL else load_pbe(ref, ctx.dtype)
@@ -158,24 +177,43 @@ class PaintByExampleMethod:
         return scene_background(scene, seed, ctx, self.params)
 
     @torch.no_grad()
-    def inpaint_box(self, pipe: PaintByExamplePipeline, canvas: Image.Image, box: Any, example: Image.Image,
-                    seed: int) -> tuple[Image.Image, dict]:
-        """Inpaint one box of the canvas with the example image; returns the new canvas and the call's record."""
+    def inpaint_box(
+        self, pipe: PaintByExamplePipeline, canvas: Image.Image, box: Any, example: Image.Image, seed: int
+    ) -> tuple[Image.Image, dict]:
+        """Inpaint one box with the example image; returns the new canvas and the call's record."""
         p = self.params
-        window = crop_window(box, canvas.width, canvas.height, p["mode"], float(p["crop_expand"]),
-                             int(p["crop_size"]), multiple=pipe.vae_scale_factor)
+        window = crop_window(
+            box,
+            canvas.width,
+            canvas.height,
+            p["mode"],
+            float(p["crop_expand"]),
+            int(p["crop_size"]),
+            multiple=pipe.vae_scale_factor,
+        )
         image = cut_window(canvas, window)
         mask = box_mask_image(box, canvas.width, canvas.height, window)
-        shape = (1, pipe.vae.config.latent_channels, window.work_h // pipe.vae_scale_factor,
-                 window.work_w // pipe.vae_scale_factor)
+        shape = (
+            1,
+            pipe.vae.config.latent_channels,
+            window.work_h // pipe.vae_scale_factor,
+            window.work_w // pipe.vae_scale_factor,
+        )
         result = pipe(
-            example_image=example, image=image, mask_image=mask, height=window.work_h, width=window.work_w,
-            num_inference_steps=int(p["steps"]), guidance_scale=float(p["guidance_scale"]),
+            example_image=example,
+            image=image,
+            mask_image=mask,
+            height=window.work_h,
+            width=window.work_w,
+            num_inference_steps=int(p["steps"]),
+            guidance_scale=float(p["guidance_scale"]),
             latents=initial_noise(seed, shape).to(pipe.device, pipe.unet.dtype),
         ).images[0]
         canvas = paste_back(canvas, result, window, box, bool(p["paste_inside_box"]))
-        return canvas, {"window_xyxy": [window.x0, window.y0, window.x1, window.y1],
-                        "work_size_wh": [window.work_w, window.work_h]}
+        return canvas, {
+            "window_xyxy": [window.x0, window.y0, window.x1, window.y1],
+            "work_size_wh": [window.work_w, window.work_h],
+        }
 
     def generate(self, scene: Scene, seed: int, ctx: Any) -> Generation:
         """Make the scene's image: background, then the boxes in spec order."""
@@ -184,14 +222,29 @@ class PaintByExampleMethod:
         boxes = []
         for i, region in enumerate(scene.regions):
             seed_i = box_seed(seed, i)
-            ref_path = choose_reference(ctx.reference_images(region.concept), seed_i, self.params["reference"])
+            ref_path = choose_reference(
+                ctx.reference_images(region.concept), seed_i, self.params["reference"]
+            )
             example = Image.open(ref_path).convert("RGB")
             canvas, call = self.inpaint_box(pipe, canvas, region.box, example, seed_i)
-            boxes.append({"concept": region.concept, "box": list(region.box), "seed": seed_i,
-                          "reference": str(ref_path), **call})
+            boxes.append(
+                {
+                    "concept": region.concept,
+                    "box": list(region.box),
+                    "seed": seed_i,
+                    "reference": str(ref_path),
+                    **call,
+                }
+            )
         record = {
-            "method": NAME, "params": self.params, "model": model_ref, "scheduler": type(pipe.scheduler).__name__,
-            "background": bg_record, "boxes": boxes, "order": "spec order", "deviations": list(DEVIATIONS),
+            "method": NAME,
+            "params": self.params,
+            "model": model_ref,
+            "scheduler": type(pipe.scheduler).__name__,
+            "background": bg_record,
+            "boxes": boxes,
+            "order": "spec order",
+            "deviations": list(DEVIATIONS),
         }
         return Generation(image=canvas, record=record)
 
@@ -200,8 +253,8 @@ def method_spec() -> MethodSpec:
     """The registered Paint-by-Example method."""
     return MethodSpec(
         name=NAME,
-        description="Paint-by-Example (diffusers port): base-model background, then each box inpainted in turn "
-                    "with a reference image of its concept.",
+        description="Paint-by-Example (diffusers port): base-model background, then each box inpainted "
+        "in turn with a reference image of its concept.",
         create=PaintByExampleMethod,
         defaults=DEFAULTS,
         deviations=DEVIATIONS,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from baselines import merge
 from bench.hookspecs import hookimpl
 from bench.methods import MethodSpec
-
-from baselines import merge
 
 
 @hookimpl

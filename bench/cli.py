@@ -13,7 +13,7 @@ from bench.assets import AssetResolver, format_missing, missing_assets
 from bench.catalog import DatasetSource
 from bench.methods import MethodSpec
 from bench.plugins import get_plugin_manager, registered_datasets, registered_methods, registered_metrics
-from bench.spec import DatasetSpec, SpecError, load_spec
+from bench.spec import DatasetSpec, load_spec
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -155,11 +155,16 @@ def cmd_check_assets(args: argparse.Namespace, pm: Any) -> int:
 
 
 def cmd_score(args: argparse.Namespace, pm: Any) -> int:
-    """bench score: compute metrics for a run and write them beside it."""
+    """bench score: compute metrics for a run and write them beside it (resumable)."""
     from metrics import score_run
 
+    metric_params = parse_params(args.param)
     for run in args.runs:
-        out = score_run(Path(run), _split(args.metrics), quiet=args.quiet)
+        out = score_run(
+            Path(run), _split(args.metrics), params=metric_params, clip_model=args.clip_model,
+            clip_weights=args.clip_weights, dino_model=args.dino_model, device=args.device,
+            batch_size=args.batch_size, registry=registered_metrics(pm), quiet=args.quiet,
+        )
         print(f"scores written to {out}")
     return 0
 
@@ -179,7 +184,9 @@ def cmd_dashboard(args: argparse.Namespace, pm: Any) -> int:
 
     from bench.study import dashboard_command
 
-    argv = dashboard_command([Path(r) for r in args.runs], Path(args.study) if args.study else None, args.port)
+    argv = dashboard_command(
+        [Path(r) for r in args.runs], Path(args.study) if args.study else None, args.port, address=args.address
+    )
     return subprocess.call(argv)
 
 
@@ -187,9 +194,12 @@ def cmd_study_create(args: argparse.Namespace, pm: Any) -> int:
     """bench study create: build a user study from runs."""
     from bench.study import create_study
 
+    participants: int | list[str] = (
+        int(args.participants) if args.participants.isdigit() else _split(args.participants) or []
+    )
     info = create_study(
         [Path(r) for r in args.runs], Path(args.out), methods=_split(args.methods),
-        questions_per_participant=args.questions, participants=args.participants, seed=args.seed,
+        questions_per_participant=args.questions, participants=participants, seed=args.seed,
     )
     print(f"study written to {info.path}")
     print(f"admin token: {info.admin_token}")
@@ -201,8 +211,8 @@ def cmd_study_export(args: argparse.Namespace, pm: Any) -> int:
     """bench study export: answers as CSV."""
     from bench.study import export_csv
 
-    out = export_csv(Path(args.study), Path(args.out))
-    print(f"answers written to {out}")
+    rows = export_csv(Path(args.study), Path(args.out))
+    print(f"{rows} answers written to {args.out}")
     return 0
 
 
@@ -241,7 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser("score", help="score a run (resumable)")
     score.add_argument("runs", nargs="+")
-    score.add_argument("--metrics", help="comma-separated metric names (default: all)")
+    score.add_argument("--metrics", help="comma-separated metric names (default: the four CLIP metrics)")
+    score.add_argument("--param", action="append", default=[], metavar="METRIC.KEY=VALUE")
+    score.add_argument("--clip-model", default="builtin:tiny-clip", help="open_clip model name")
+    score.add_argument("--clip-weights", help="local weights file of the CLIP model")
+    score.add_argument("--dino-model", default="builtin:tiny-dino", help="local DINOv2 folder")
+    score.add_argument("--device", default="cpu")
+    score.add_argument("--batch-size", type=int, default=16)
     score.set_defaults(func=cmd_score)
 
     report = sub.add_parser("report", help="write tables, plots and grids")
@@ -254,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("runs", nargs="+")
     dash.add_argument("--study")
     dash.add_argument("--port", type=int, default=8501)
+    dash.add_argument("--address", help="address to serve on (default: Streamlit's)")
     dash.set_defaults(func=cmd_dashboard)
 
     study = sub.add_parser("study", help="user studies").add_subparsers(dest="study_command", required=True)
@@ -262,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--out", required=True)
     create.add_argument("--methods")
     create.add_argument("--questions", type=int, default=60)
-    create.add_argument("--participants", type=int, default=25)
+    create.add_argument("--participants", default="25", help="a number of participants or comma-separated codes")
     create.add_argument("--seed", type=int, default=0)
     create.set_defaults(func=cmd_study_create)
     export = study.add_parser("export", help="export answers as CSV")
@@ -278,10 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         pm = get_plugin_manager(args.plugins)
         return int(args.func(args, pm) or 0)
-    except (CliError, SpecError) as err:
-        print(f"bench: error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
+    except (ValueError, RuntimeError, OSError) as err:  # every bench error derives from one of these
         print(f"bench: error: {err}", file=sys.stderr)
         return 2
 

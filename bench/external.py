@@ -109,7 +109,11 @@ class ExternalMethod:
 
 
 def external_method_spec(
-    name: str, command: Sequence[str], description: str = "", timeout: float = 600.0, env: Mapping[str, str] | None = None
+    name: str,
+    command: Sequence[str],
+    description: str = "",
+    timeout: float = 600.0,
+    env: Mapping[str, str] | None = None,
 ) -> MethodSpec:
     """A MethodSpec for a command that follows the protocol (use it from a plugin file)."""
     return MethodSpec(

@@ -20,9 +20,9 @@ def bench_methods() -> list:
 
 @hookspec
 def bench_metrics() -> list:
-    """Return a list of :class:`bench.metrics_api.MetricSpec` this plugin provides."""
+    """Return a list of :class:`metrics.api.MetricSpec` this plugin provides."""
 
 
 @hookspec
 def bench_datasets() -> list:
-    """Return a list of :class:`bench.datasets.DatasetSource` (named spec files) this plugin provides."""
+    """Return a list of :class:`bench.catalog.DatasetSource` (named spec files) this plugin provides."""

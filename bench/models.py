@@ -7,11 +7,14 @@ and where to put it.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
+from zipfile import is_zipfile
 
 import torch
 from diffusers import StableDiffusionPipeline
 
+from bench.configs import sd15_config_dir
 from bench.tiny_models import build_tiny_pipeline, sd_scheduler
 
 BUILTIN_PREFIX = "builtin:"
@@ -23,11 +26,18 @@ class ModelError(ValueError):
 
 
 def load_base_model(
-    ref: str, where: str = "base model", dtype: torch.dtype = torch.float32
+    ref: str,
+    where: str = "base model",
+    dtype: torch.dtype = torch.float32,
+    *,
+    single_file_config: str | Path | None = None,
 ) -> StableDiffusionPipeline:
     """Load a Stable Diffusion 1.x pipeline from ``builtin:NAME``, a diffusers folder or a single file.
 
-    ``where`` names the spec field the reference came from, for error messages.
+    ``where`` names the spec field the reference came from, for error messages. A single file
+    (``.safetensors``/``.ckpt``, original LDM key layout) is built with the diffusers configs in
+    ``single_file_config`` (a local diffusers folder; weights not needed), by default the shipped
+    SD1.5 configs; it is ignored for the other kinds of reference.
     """
     if ref.startswith(BUILTIN_PREFIX):
         name = ref[len(BUILTIN_PREFIX) :]
@@ -36,12 +46,14 @@ def load_base_model(
                              f"{[BUILTIN_PREFIX + n for n in BUILTIN_MODELS]}")
         pipe = BUILTIN_MODELS[name]()
     else:
-        pipe = _load_local(Path(ref).expanduser(), ref, where, dtype)
+        pipe = _load_local(Path(ref).expanduser(), ref, where, dtype, single_file_config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(dtype=dtype)
 
 
-def _load_local(path: Path, ref: str, where: str, dtype: torch.dtype) -> StableDiffusionPipeline:
+def _load_local(
+    path: Path, ref: str, where: str, dtype: torch.dtype, single_file_config: str | Path | None
+) -> StableDiffusionPipeline:
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelError(f"{where}: '{path}' is a folder without model_index.json; expected a diffusers "
@@ -53,9 +65,7 @@ def _load_local(path: Path, ref: str, where: str, dtype: torch.dtype) -> StableD
         if path.suffix not in (".safetensors", ".ckpt"):
             raise ModelError(f"{where}: '{path}' has suffix '{path.suffix}'; expected a diffusers folder, "
                              "a .safetensors or a .ckpt file")
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(path), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
-        )
+        pipe = _load_single_file(path, where, dtype, single_file_config)
     elif _looks_like_hub_id(ref):
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         raise ModelError(
@@ -68,6 +78,58 @@ def _load_local(path: Path, ref: str, where: str, dtype: torch.dtype) -> StableD
                          "a .ckpt file")
     pipe.scheduler = type(sd_scheduler()).from_config(pipe.scheduler.config)
     return pipe
+
+
+def _load_single_file(
+    path: Path, where: str, dtype: torch.dtype, config: str | Path | None
+) -> StableDiffusionPipeline:
+    config_dir = sd15_config_dir() if config is None else _user_config_dir(Path(config).expanduser(), where)
+    if path.suffix == ".ckpt":
+        _check_weights_only(path, where)
+    try:
+        return StableDiffusionPipeline.from_single_file(
+            str(path),
+            config=str(config_dir),
+            torch_dtype=dtype,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            local_files_only=True,
+        )
+    except Exception as err:  # diffusers raises many types; all mean "this file does not fit these configs"
+        raise ModelError(
+            f"{where}: '{path}' could not be loaded as a single-file Stable Diffusion checkpoint with the "
+            f"diffusers configs in '{config_dir}' ({type(err).__name__}: {err}); expected an original-layout "
+            "(LDM) checkpoint of the model family those configs describe (default: SD1.x); for another "
+            "family pass single_file_config=<a diffusers folder of that family>"
+        ) from err
+
+
+def _user_config_dir(config: Path, where: str) -> Path:
+    if not (config / "model_index.json").is_file():
+        raise ModelError(
+            f"{where}: single_file_config '{config}' is not a folder with model_index.json; expected a local "
+            "diffusers pipeline folder (configs are enough: model_index.json, unet/, vae/, text_encoder/, "
+            "tokenizer/, scheduler/)"
+        )
+    return config
+
+
+def _check_weights_only(path: Path, where: str) -> None:
+    """Refuse a .ckpt whose pickle holds anything but tensors and plain containers; runs none of it."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        raise ModelError(
+            f"{where}: '{path}' holds pickled objects other than tensors (possibly code) and is refused "
+            f"({str(err).splitlines()[0]}); expected a plain state dict; convert it to .safetensors on a "
+            "machine you trust"
+        ) from err
+    except Exception as err:
+        raise ModelError(
+            f"{where}: '{path}' is not a readable torch checkpoint ({type(err).__name__}: {err}); expected a "
+            ".ckpt written by torch.save"
+        ) from err
 
 
 def _looks_like_hub_id(ref: str) -> bool:

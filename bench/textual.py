@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,21 +69,39 @@ def token_positions(tokenizer: Any, prompt: str, concept_tokens: Sequence[str]) 
 
 
 class LayerwiseTextEncoder:
-    """Encodes prompts P+-style: one copy per cross-attention layer with concept tokens bound per layer."""
+    """Encodes prompts P+-style: one copy per cross-attention layer with concept tokens bound per layer.
+
+    Only the tokens of the concepts given to a call are kept whole, as in Mix-of-Show where each
+    LoRA pipeline has its own tokenizer; any other ``<...>`` text is tokenized as plain text.
+    """
+
+    _CACHED_TOKENIZERS = 8
 
     def __init__(self, tokenizer: Any, text_encoder: nn.Module):
-        self.tokenizer = copy.deepcopy(tokenizer)
+        self._base_tokenizer = tokenizer
+        self._tokenizers: OrderedDict[frozenset[str], Any] = OrderedDict()
         self.text_encoder = text_encoder
 
     @classmethod
     def from_pipeline(cls, pipe: Any) -> LayerwiseTextEncoder:
-        """Wrap a diffusers pipeline's tokenizer (copied) and text encoder (shared, left unchanged)."""
+        """Wrap a diffusers pipeline's tokenizer (never modified) and text encoder (shared, left unchanged)."""
         return cls(pipe.tokenizer, pipe.text_encoder)
 
+    def tokenizer_for(self, tokens: Sequence[str]) -> Any:
+        """A private copy of the tokenizer that keeps exactly ``tokens`` (plus its own specials) whole."""
+        key = frozenset(tokens)
+        if key not in self._tokenizers:
+            tokenizer = copy.deepcopy(self._base_tokenizer)
+            tokenizer.add_tokens(sorted(key), special_tokens=True)
+            self._tokenizers[key] = tokenizer
+            if len(self._tokenizers) > self._CACHED_TOKENIZERS:
+                self._tokenizers.popitem(last=False)
+        self._tokenizers.move_to_end(key)
+        return self._tokenizers[key]
+
     def token_positions(self, prompt: str, concept_tokens: Sequence[str]) -> list[int]:
-        """:func:`token_positions` with this encoder's tokenizer."""
-        self.tokenizer = _tokenizer_with(self.tokenizer, concept_tokens)
-        return token_positions(self.tokenizer, prompt, concept_tokens)
+        """:func:`token_positions` with a tokenizer that keeps ``concept_tokens`` whole."""
+        return token_positions(self.tokenizer_for(concept_tokens), prompt, concept_tokens)
 
     @torch.no_grad()
     def encode(
@@ -98,12 +117,11 @@ class LayerwiseTextEncoder:
         the call only. A prompt without concept tokens gives one encoding expanded over the layers.
         """
         table = _embedding_table(concepts, num_layers)
-        self.tokenizer = _tokenizer_with(self.tokenizer, list(table))
-        ids = _input_ids(self.tokenizer, prompt)
-        token_of_id = {self.tokenizer.convert_tokens_to_ids(t): t for t in table}
-        self._refuse_unbound(prompt, ids, token_of_id)
+        tokenizer = self.tokenizer_for(list(table))
+        ids = _input_ids(tokenizer, prompt)
+        token_of_id = {tokenizer.convert_tokens_to_ids(t): t for t in table}
         positions = [i for i, token_id in enumerate(ids) if token_id in token_of_id]
-        device = self.text_encoder.device
+        device = next(self.text_encoder.parameters()).device
         input_ids = torch.tensor(
             [_PLACEHOLDER_ID if i in positions else t for i, t in enumerate(ids)], device=device
         )
@@ -113,25 +131,13 @@ class LayerwiseTextEncoder:
         if positions:
             per_position = [table[token_of_id[ids[p]]].expand(num_layers, -1) for p in positions]
             rows = torch.stack(per_position, dim=1)[:copies]  # [copies, n_positions, D]
-        te_lora = dataclasses.replace(text_lora, unet={}, token_embeddings={}) if text_lora else None
-        merged = lora_merged(None, self.text_encoder, [te_lora], [1.0]) if te_lora else nullcontext()
+        merged: AbstractContextManager[None] = nullcontext()
+        if text_lora is not None:
+            te_only = dataclasses.replace(text_lora, unet={}, token_embeddings={})
+            merged = lora_merged(None, self.text_encoder, [te_only], [1.0])
         with merged, _rows_written(self.text_encoder.get_input_embeddings(), positions, rows):
             hidden = self.text_encoder(input_ids.expand(copies, -1))[0]
         return hidden.expand(num_layers, -1, -1) if copies == 1 else hidden
-
-    def _refuse_unbound(self, prompt: str, ids: Sequence[int], token_of_id: Mapping[int, str]) -> None:
-        """Refuse a token registered by an earlier call but given no embedding now (its id has no row)."""
-        added = {i: t for t, i in self.tokenizer.get_added_vocab().items() if i not in token_of_id}
-        unbound = [
-            added[i]
-            for i in ids
-            if i in added and i >= self.text_encoder.get_input_embeddings().num_embeddings
-        ]
-        if unbound:
-            raise ValueError(
-                f"prompt '{prompt}' contains concept token '{unbound[0]}' but no concept given to "
-                "encode() has an embedding for it"
-            )
 
 
 def _embedding_table(concepts: Sequence[ConceptLora], num_layers: int) -> dict[str, torch.Tensor]:

@@ -176,7 +176,7 @@ class Sampler:
             if loss.requires_grad:
                 (grad,) = torch.autograd.grad(loss, latents)
                 latents = latents - step_size * grad.to(latents.dtype)
-        return latents.detach(), float(loss), parts
+        return latents.detach(), float(loss.detach()), parts
 
     def reinitialize(self, latents: torch.Tensor, t: torch.Tensor, log: dict) -> torch.Tensor:
         """Latent re-initialization (optionally after the paper's one gradient step)."""

@@ -69,8 +69,7 @@ class MetricSpec:
         unknown = sorted(set(overrides) - set(self.defaults))
         if unknown:
             raise ValueError(
-                f"metric '{self.name}': unknown parameter '{unknown[0]}'; "
-                f"expected one of {sorted(self.defaults)}"
+                f"metric '{self.name}': unknown parameter '{unknown[0]}'; expected one of {sorted(self.defaults)}"
             )
         return {**self.defaults, **overrides}
 

@@ -99,18 +99,13 @@ class ScoreContext:
         key = (embedder.fingerprint, concept_id, crop_mode)
         if key not in self._refs:
             rows = [
-                self._reference_row(embedder, ref, mask, crop_mode)
-                for ref, mask in self.sorted_references(concept_id)
+                self._reference_row(embedder, ref, mask, crop_mode) for ref, mask in self.sorted_references(concept_id)
             ]
             self._refs[key] = torch.stack(rows)
         return self._refs[key]
 
-    def _reference_row(
-        self, embedder: Embedder, ref: Path, mask: Path | None, crop_mode: str
-    ) -> torch.Tensor:
-        content = file_hash(ref) + (
-            f"+{file_hash(mask)}" if mask is not None and crop_mode == "mask_grey" else ""
-        )
+    def _reference_row(self, embedder: Embedder, ref: Path, mask: Path | None, crop_mode: str) -> torch.Tensor:
+        content = file_hash(ref) + (f"+{file_hash(mask)}" if mask is not None and crop_mode == "mask_grey" else "")
         space = hashlib.sha256(f"{embedder.fingerprint}|{crop_mode}".encode()).hexdigest()[:16]
         path = self.cache_dir / space / f"{content}.safetensors" if self.cache_dir is not None else None
         if path is not None and path.is_file():

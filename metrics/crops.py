@@ -61,11 +61,7 @@ def reference_view(image: Image.Image, mask: Image.Image | None, mode: str) -> I
     check_crop_mode(mode)
     image = image.convert("RGB")
     if mode == "mask_grey" and mask is not None:
-        alpha = (
-            mask.convert("L")
-            .resize(image.size, Image.Resampling.NEAREST)
-            .point(lambda v: 255 if v > 127 else 0)
-        )
+        alpha = mask.convert("L").resize(image.size, Image.Resampling.NEAREST).point(lambda v: 255 if v > 127 else 0)
         image = Image.composite(image, Image.new("RGB", image.size, GREY), alpha)
         bbox = alpha.getbbox()
         if bbox is not None:

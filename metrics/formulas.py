@@ -28,8 +28,6 @@ def image_alignment(
     return sims[:, 0] if pairing == "first_ref" else sims.mean(dim=1)
 
 
-def text_alignment(
-    images: torch.Tensor, texts: torch.Tensor, scale: float = 1.0, clip0: bool = False
-) -> torch.Tensor:
+def text_alignment(images: torch.Tensor, texts: torch.Tensor, scale: float = 1.0, clip0: bool = False) -> torch.Tensor:
     """Paired image/text values ``[N]``: row i of ``images`` against row i of ``texts``."""
     return rescale((images * texts).sum(dim=-1), scale, clip0)

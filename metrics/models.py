@@ -40,9 +40,7 @@ def _seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
 class ClipEmbedder:
     """An open_clip model with its evaluation transform and tokenizer; outputs L2-normalised embeddings."""
 
-    def __init__(
-        self, model: str = TINY_CLIP, weights: str | Path | None = None, device: str = "cpu", seed: int = 0
-    ):
+    def __init__(self, model: str = TINY_CLIP, weights: str | Path | None = None, device: str = "cpu", seed: int = 0):
         import open_clip
 
         name = model
@@ -51,8 +49,7 @@ class ClipEmbedder:
             name = _TINY_CLIP_NAME
         if weights is not None and not Path(weights).is_file():
             raise FileNotFoundError(
-                f"CLIP weights '{weights}': expected a local .pt/.bin/.safetensors file "
-                f"for open_clip model '{model}'"
+                f"CLIP weights '{weights}': expected a local .pt/.bin/.safetensors file for open_clip model '{model}'"
             )
         try:
             net, _, preprocess = _seeded(

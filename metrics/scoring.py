@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from bench.spec import load_spec
 from bench.store import ItemRecord, RunStore, atomic_write_json
-from metrics.api import MetricSpec, ScoreItem
+from metrics.api import Metric, MetricSpec, ScoreItem
 from metrics.context import ReferenceSource, ScoreContext
 from metrics.models import TINY_CLIP, TINY_DINO
 
@@ -111,6 +111,8 @@ def score_run(
     )
     metrics = _registry(registry)
     records = [r for r in store.records() if r.ok and r.image is not None]
+    # 1. Resolve every metric and check its conventions against scores already on disk.
+    plans: list[tuple[Metric, Path, set[str]]] = []
     for name in metric_names or DEFAULT_METRICS:
         if name not in metrics:
             raise ScoreError(f"metric '{name}': expected one of {sorted(metrics)}")
@@ -120,22 +122,30 @@ def score_run(
         folder = out / mspec.key(resolved)
         conventions = {"metric": name, "params": resolved, "kind": metric.kind, **metric.conventions(ctx)}
         _check_conventions(folder / CONVENTIONS, conventions)
-        pending = [r for r in records if not (folder / f"{r.key.relative}.json").is_file()]
-        with tqdm(total=len(pending), desc=f"score {folder.name}", unit="img", disable=quiet) as bar:
-            for start in range(0, len(pending), batch_size):
-                batch = pending[start : start + batch_size]
-                rows = metric.score([_load_item(r, spec.scenes) for r in batch], ctx)
-                for record, item_rows in zip(batch, rows, strict=True):
-                    atomic_write_json(
-                        folder / f"{record.key.relative}.json",
-                        {
-                            "method": record.key.method,
-                            "scene": record.key.scene,
-                            "index": record.key.index,
-                            "seed": record.seed,
-                            "style": spec.scenes[record.key.scene].style,
-                            "rows": item_rows,
-                        },
-                    )
-                bar.update(len(batch))
+        pending = {r.key.relative for r in records if not (folder / f"{r.key.relative}.json").is_file()}
+        plans.append((metric, folder, pending))
+    # 2. Score in batches: each image is decoded once and goes to every metric that still needs it.
+    todo = [r for r in records if any(r.key.relative in pending for _, _, pending in plans)]
+    total = sum(len(pending) for _, _, pending in plans)
+    with tqdm(total=total, desc="score", unit="score", disable=quiet) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            items = {r.key.relative: _load_item(r, spec.scenes) for r in batch}
+            for metric, folder, pending in plans:
+                mine = [r for r in batch if r.key.relative in pending]
+                if not mine:
+                    continue
+                rows = metric.score([items[r.key.relative] for r in mine], ctx)
+                for record, item_rows in zip(mine, rows, strict=True):
+                    _write_item(folder, record, spec.scenes[record.key.scene].style, item_rows)
+                bar.update(len(mine))
     return out
+
+
+def _write_item(folder: Path, record: ItemRecord, style: str, rows: list[dict[str, Any]]) -> None:
+    key = record.key
+    atomic_write_json(
+        folder / f"{key.relative}.json",
+        {"method": key.method, "scene": key.scene, "index": key.index, "seed": record.seed, "style": style,
+         "rows": rows},
+    )  # fmt: skip

@@ -43,9 +43,7 @@ def scene_targets(spec: DatasetSpec, scene: Scene) -> list[Target]:
 def _check(params: Mapping[str, Any], name: str) -> None:
     check_crop_mode(params["crop_mode"])
     if "pairing" in params and params["pairing"] not in PAIRINGS:
-        raise ValueError(
-            f"metric '{name}': pairing: expected one of {list(PAIRINGS)} (got {params['pairing']!r})"
-        )
+        raise ValueError(f"metric '{name}': pairing: expected one of {list(PAIRINGS)} (got {params['pairing']!r})")
 
 
 class ImageSimilarity:
@@ -84,9 +82,7 @@ class ImageSimilarity:
         emb = self.embedder(ctx)
         plans = [scene_targets(ctx.spec, item.scene) for item in items]
         crops = [
-            crop_box(item.image, t.box, self.crop_mode)
-            for item, plan in zip(items, plans, strict=True)
-            for t in plan
+            crop_box(item.image, t.box, self.crop_mode) for item, plan in zip(items, plans, strict=True) for t in plan
         ]
         vectors = emb.embed_images(crops)
         out, row = [], 0

@@ -33,7 +33,10 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
 
 def conventions_table(conventions: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """One row per scored metric key with every convention field: what each number means."""
-    rows = {key: {f: conv.get(f) for f in CONVENTION_FIELDS} for key, conv in sorted(conventions.items())}
+    rows = {
+        key: {f: "-" if conv.get(f) is None else conv[f] for f in CONVENTION_FIELDS}
+        for key, conv in sorted(conventions.items())
+    }
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "metric"
     return table

@@ -40,7 +40,12 @@ class FakeContext:
     def __init__(self, spec: DatasetSpec, cache_dir: Path):
         import torch
 
-        self.spec, self.device, self.dtype, self.cache_dir = spec, torch.device("cpu"), torch.float32, cache_dir
+        self.spec, self.device, self.dtype, self.cache_dir = (
+            spec,
+            torch.device("cpu"),
+            torch.float32,
+            cache_dir,
+        )
         self._pipes: dict = {}
 
     def base_pipeline(self, style: str):
@@ -83,7 +88,9 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> FakeContext:
 
 def test_deprecated_module_is_pinned_and_importable() -> None:
     major, minor = (int(v) for v in diffusers.__version__.split(".")[:2])
-    assert (major, minor) == (0, 42), "PaintByExamplePipeline is deprecated: re-check it before moving the pin"
+    assert (major, minor) == (0, 42), (
+        "PaintByExamplePipeline is deprecated: re-check it before moving the pin"
+    )
     assert pbe.PaintByExamplePipeline.__module__.startswith("diffusers.pipelines.deprecated.paint_by_example")
     assert pbe.unavailable() is None
 
@@ -105,7 +112,9 @@ def test_crop_window_square_inside_canvas() -> None:
 def test_paste_back_inside_box_only() -> None:
     canvas = Image.new("RGB", (32, 16), (10, 20, 30))
     window = crop_window((0.25, 0.25, 0.5, 0.75), 32, 16, "full")
-    out = np.array(paste_back(canvas, Image.new("RGB", (32, 16), (255, 0, 0)), window, (0.25, 0.25, 0.5, 0.75), True))
+    out = np.array(
+        paste_back(canvas, Image.new("RGB", (32, 16), (255, 0, 0)), window, (0.25, 0.25, 0.5, 0.75), True)
+    )
     changed = np.any(out != (10, 20, 30), axis=-1)
     expected = np.zeros((16, 32), bool)
     expected[4:12, 8:16] = True
@@ -145,16 +154,18 @@ def test_generates_and_keeps_outside_pixels(ctx: FakeContext, background: np.nda
 def test_window_paste_replaces_the_whole_window(ctx: FakeContext, background: np.ndarray) -> None:
     method = pbe.PaintByExampleMethod(pbe.method_spec().resolve_params({**FAST, "paste_inside_box": False}))
     pipe, _ = method.pipeline(ctx, "real")
-    box = (0.55, 0.1, 0.95, 0.8)  # 51 x 45 px box -> 64 x 64 window at x 57..121
+    box = (0.55, 0.1, 0.95, 0.8)  # px x 70..122, y 6..51: centre x 96 -> 64 x 64 window at x 64..128
     example = Image.open(ctx.reference_images("dogB")[0])
     out, call = method.inpaint_box(pipe, Image.fromarray(background), box, example, 3)
     x0, y0, x1, y1 = call["window_xyxy"]
-    assert (x0, y0, x1, y1) == (57, 0, 121, 64)
+    assert (x0, y0, x1, y1) == (64, 0, 128, 64)
     out = np.array(out)
     outside_window = np.ones(out.shape[:2], bool)
     outside_window[y0:y1, x0:x1] = False
     assert np.array_equal(out[outside_window], background[outside_window])
-    assert not np.array_equal(out[:, x0:x1][:, :4], background[:, x0:x1][:, :4])  # window strip left of the box
+    assert not np.array_equal(
+        out[:, x0:x1][:, :4], background[:, x0:x1][:, :4]
+    )  # window strip left of the box
 
 
 def test_auto_model_needs_a_path_for_real_base_models(ctx: FakeContext) -> None:

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from bench.study import StudyDB, create_study
 from bench.study.launch import APP_FILE, ENV_RUNS, ENV_STUDY
-from bench.study.sample import make_sample_runs
+from bench.study.sample import make_sample_runs, write_sample_scores
 
 TIMEOUT = 60
 
@@ -65,6 +65,24 @@ def test_results_view(monkeypatch: pytest.MonkeyPatch, runs: list[Path]) -> None
     assert at.selectbox(key="scene").options == ["quad_hall"]
     at.multiselect(key="runs").set_value(["run_b"]).run()
     assert len(at.image) == 1 and not at.exception
+
+
+def test_results_view_with_scores(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    scored = make_sample_runs(tmp_path)
+    for run in scored:
+        write_sample_scores(run)
+    at = _app(monkeypatch, scored)
+    assert "No scores yet" not in _texts(at)
+    table1 = at.dataframe[0].value
+    assert sorted(table1.index) == ["lora_composer", "mix_of_show", "paint_by_example"]
+    assert {"Real-I", "Real-T"} <= set(table1.columns)
+    per_image = [c.value for c in at.caption if "clip_i" in c.value]
+    assert len(per_image) == 3 and all("clip_t" in c for c in per_image)
+    # the side-by-side scores equal the image's own rows (duo_park, seed 0: two regions)
+    lc = next(
+        c for c in per_image if c == f"clip_i: {0.5 + 0.13 + 0.005:.4g} · clip_t: {0.5 + 0.13 + 0.005:.4g}"
+    )
+    assert lc
 
 
 def test_no_runs_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -223,8 +223,8 @@ def test_pipeline_is_left_unchanged(pipe: StableDiffusionPipeline) -> None:
     assert pipe.text_encoder.get_input_embeddings().num_embeddings == vocab_rows
     assert not pipe.text_encoder.get_input_embeddings()._forward_hooks
     assert all(torch.equal(v, weights[k]) for k, v in pipe.text_encoder.state_dict().items())
-    with pytest.raises(ValueError, match="<dogB1>"):
-        encoder.encode("a <dogB1> dog")  # registered earlier, but no embedding given now
+    # without its concept the token is plain text, as for the base tokenizer, however often it was seen
+    torch.testing.assert_close(encoder.encode("a <dogB1> dog")[0], _sd_encode(pipe, "a <dogB1> dog"))
     with pytest.raises(ValueError, match=r"dogB\.pth.*\[5, 32\]"):
         encoder.encode(
             "a <dogB1> dog",

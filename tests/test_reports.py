@@ -19,11 +19,11 @@ from reports.grids import BOX_COLOURS, LABEL_H
 STYLE = {"a1": "anime", "r1": "real", "r2": "real"}
 VALUES = {
     "clip_i": {
-        "lora-composer": {"a1": [[0.8, 0.6], [0.7, 0.5]], "r1": [[0.9, 0.1, 0.5]], "r2": [[0.4], [0.2], [0.3]]},
+        "lora-composer": {"a1": [[0.8, 0.6], [0.7, 0.5]], "r1": [[0.9, 0.1, 0.5]], "r2": [[0.4], [0.2], [0.3]]},  # noqa: E501
         "lc-nolr": {"a1": [[0.5, 0.5]], "r1": [[0.3, 0.3, 0.6]], "r2": [[0.1]]},
     },
     "clip_t": {
-        "lora-composer": {"a1": [[0.3, 0.2], [0.1, 0.2]], "r1": [[0.25, 0.35, 0.3]], "r2": [[0.2], [0.4], [0.3]]},
+        "lora-composer": {"a1": [[0.3, 0.2], [0.1, 0.2]], "r1": [[0.25, 0.35, 0.3]], "r2": [[0.2], [0.4], [0.3]]},  # noqa: E501
         "lc-nolr": {"a1": [[0.2, 0.2]], "r1": [[0.1, 0.2, 0.3]], "r2": [[0.5]]},
     },
 }
@@ -50,8 +50,8 @@ def _synthetic_run(root: Path) -> Path:
                     rows = [{"concept": f"c{j}", "region": j, "value": v} for j, v in enumerate(regions)]
                     atomic_write_json(
                         run / "scores" / metric / f"items/{method}/{scene}/{index:03d}.json",
-                        {"method": method, "scene": scene, "index": index, "seed": index, "style": STYLE[scene],
-                         "rows": rows},
+                        {"method": method, "scene": scene, "index": index, "seed": index,
+                         "style": STYLE[scene], "rows": rows},
                     )  # fmt: skip
     return run
 
@@ -66,7 +66,8 @@ def _hand(metric: str, method: str) -> dict[str, float]:
 
 def test_table1_equals_hand_aggregation(tmp_path: Path) -> None:
     df = load_scores([_synthetic_run(tmp_path)])
-    assert len(df) == sum(len(r) for m in VALUES.values() for s in m.values() for seeds in s.values() for r in seeds)
+    n_rows = sum(len(r) for m in VALUES.values() for s in m.values() for seeds in s.values() for r in seeds)
+    assert len(df) == n_rows
     assert set(df["pairing"]) == {"all_pairs"} and set(df["method_name"]) == set(NAMES.values())
     table = table1(df)
     assert list(table.columns) == ["Anime-I", "Anime-T", "Real-I", "Real-T", "Mean-I", "Mean-T"]

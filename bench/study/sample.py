@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,32 @@ def make_sample_runs(folder: str | Path, seeds: int = 2) -> list[Path]:
                     store.write_item(ItemKey(method, scene, index), seed, image, {"status": "ok"})
         roots.append(store.root)
     return roots
+
+
+def write_sample_scores(run_root: str | Path) -> None:
+    """Write made-up clip_i / clip_t scores beside a sample run, in the layout `bench score` writes."""
+    store = RunStore(run_root)
+    spec = load_spec(store.read_manifest()["dataset"]["path"])
+    for metric, kind in (("clip_i", "I"), ("clip_t", "T")):
+        folder = store.root / "scores" / metric
+        folder.mkdir(parents=True, exist_ok=True)
+        conventions = {"metric": metric, "kind": kind, "params": {}, "model": "sample"}
+        (folder / "conventions.json").write_text(json.dumps(conventions), encoding="utf-8")
+        for record in store.records():
+            scene = spec.scenes[record.key.scene]
+            base = 0.5 + 0.1 * len(record.key.method) / 10 + 0.01 * record.key.index
+            rows = [
+                {"concept": r.concept, "region": i, "value": round(base + 0.01 * i, 4)}
+                for i, r in enumerate(scene.regions)
+            ]
+            item = {
+                "method": record.key.method,
+                "scene": record.key.scene,
+                "index": record.key.index,
+                "seed": record.seed,
+                "style": scene.style,
+                "rows": rows,
+            }
+            path = folder / f"{record.key.relative}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(item), encoding="utf-8")

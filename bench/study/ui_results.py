@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pandas as pd
 import streamlit as st
 
+import reports
 from bench.study.runs import ImageItem, RunCatalog, draw_boxes
 
 NO_SCORES = "No scores yet: run `bench score` on these runs to fill Table 1 and the per-image scores."
@@ -15,11 +14,7 @@ NO_SCORES = "No scores yet: run `bench score` on these runs to fill Table 1 and 
 def load_scores(catalog: RunCatalog, runs: list[str]) -> tuple[pd.DataFrame | None, str | None]:
     """The runs' scores through ``reports.load_scores``, or None and the reason they are missing."""
     try:
-        import reports
-
         frame = reports.load_scores([catalog.run(r).root for r in runs])
-    except (ImportError, AttributeError):
-        return None, NO_SCORES + " (the reports package has no load_scores yet)"
     except FileNotFoundError:
         return None, NO_SCORES
     if frame is None or len(frame) == 0:
@@ -29,32 +24,25 @@ def load_scores(catalog: RunCatalog, runs: list[str]) -> tuple[pd.DataFrame | No
 
 def render_tables(frame: pd.DataFrame) -> None:
     """Table 1 and, where the runs hold ablation variants, Table 2."""
-    import reports
-
     st.subheader("Table 1: automatic scores per method")
     st.dataframe(reports.table1(frame))
-    table2 = getattr(reports, "table2", None)
-    if table2 is not None:
-        try:
-            result = table2(frame, None)
-        except (KeyError, ValueError, TypeError):
-            result = None
-        if result is not None and len(result):
-            st.subheader("Table 2: ablation")
-            st.dataframe(result)
+    ablation = reports.table2(frame)
+    if len(ablation):
+        st.subheader("Table 2: ablation of LoRA-Composer")
+        st.dataframe(ablation)
 
 
-def image_scores(frame: pd.DataFrame | None, item: ImageItem) -> dict[str, Any]:
-    """The score columns of one image from the scores frame (empty when unknown)."""
-    if frame is None or not {"method", "scene", "index"} <= set(frame.columns):
+def image_scores(frame: pd.DataFrame | None, item: ImageItem) -> dict[str, float]:
+    """One image's score per metric (the mean over its region rows), from ``reports.load_scores``'s frame."""
+    if frame is None or not {"run", "method", "scene", "index", "metric", "value"} <= set(frame.columns):
         return {}
     rows = frame[
-        (frame["method"] == item.method) & (frame["scene"] == item.scene) & (frame["index"] == item.index)
+        (frame["run"] == item.run.split("/")[-1])
+        & (frame["method"] == item.method)
+        & (frame["scene"] == item.scene)
+        & (frame["index"] == item.index)
     ]
-    if "run" in frame.columns:
-        rows = rows[rows["run"].astype(str).isin({item.run, str(item.run)})] if len(rows) else rows
-    numeric = rows.select_dtypes("number").drop(columns=["index", "seed"], errors="ignore")
-    return {k: round(float(v), 4) for k, v in numeric.mean().items()} if len(numeric) else {}
+    return {str(k): round(float(v), 4) for k, v in rows.groupby("metric")["value"].mean().items()}
 
 
 def render_results(catalog: RunCatalog) -> None:

@@ -1,0 +1,340 @@
+"""AnyDoor as an out-of-process baseline: geometry in-process, the model in its own pinned environment.
+
+AnyDoor (ali-vilab/AnyDoor) needs torch 2.0 / pytorch_lightning 1.5 and ~18 GB of VRAM, so it runs as
+an external command (``LCBENCH_ANYDOOR_CMD`` or the method parameter ``command``). Per box, this
+module does upstream's ``process_pairs`` geometry (reference crop/expand/pad to 224, target box
+expand x1.1, context crop expand [1.5, 3) made square, pad, resize to 512) and ``crop_back``; the
+command only runs the model.
+
+Protocol ``lcbench-anydoor/1``: the command is run as ``<command> <request.json>``. The request holds
+``reference_image`` (224 px RGB PNG: masked object on white, padded square), ``reference_mask``
+(224 px L PNG, 255 = object), ``target_image`` (512 px RGB PNG: the padded square crop),
+``hint_mask`` (512 x 512 float32 ``.npy``: 1 in the box, 0 outside, -1 on padding, as the demo),
+``box_yyxx`` (the box in the 512 px frame, AnyDoor's ``[y1, y2, x1, x2]``), ``steps``,
+``guidance_scale``, ``strength``, ``seed`` and ``output`` (where to write the 512 px RGB PNG). The
+driver builds the high-frequency collage from the reference with upstream's ``sobel`` at
+``box_yyxx`` and samples. Exit status 0 and the output file mean success.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from baselines.inpaint import BACKGROUND_DEFAULTS, BACKGROUND_DEVIATIONS, box_seed, choose_reference, scene_background
+from bench.boxes import Box, to_xyxy_pixels
+from bench.methods import Generation, MethodSpec
+from bench.spec import Scene
+
+NAME = "anydoor"
+ENV_COMMAND = "LCBENCH_ANYDOOR_CMD"
+PROTOCOL = "lcbench-anydoor/1"
+SIZE = 512
+REF_SIZE = 224
+YYXX = tuple[int, int, int, int]
+
+DEFAULTS: dict[str, Any] = {
+    "command": "",
+    "steps": 50,
+    "guidance_scale": 5.0,
+    "strength": 1.0,
+    "crop_ratio": "seeded",
+    "margin": 5,
+    "timeout_s": 1800,
+    **BACKGROUND_DEFAULTS,
+}
+DEVIATIONS = (
+    *BACKGROUND_DEVIATIONS,
+    "AnyDoor inserts one object per call; boxes are filled one by one (AnyDoor#92), each call's output is the "
+    "next call's target.",
+    "Target mask = the box rectangle (no shape control). Reference mask = the concept's mask image of the same "
+    "name when the spec gives a masks folder, else the whole reference image (recorded per box).",
+    "Context crop ratio: upstream draws randint(15, 30) / 10 from unseeded numpy; here it is drawn from a "
+    "generator seeded with the box seed (crop_ratio='seeded') or fixed (crop_ratio=<number>).",
+    "Mask-channel padding follows the gradio demo (-1), not run_inference.py (which wraps to 1 via uint8).",
+    "The collage is built by the driver at box_yyxx in the 512 px frame (one resize instead of upstream's "
+    "resize to the crop box, then to 512).",
+)
+
+
+def setup_steps() -> str:
+    """The exact steps to make AnyDoor available."""
+    return (
+        "AnyDoor runs out of process. 1) git clone https://github.com/ali-vilab/AnyDoor $ANYDOOR_HOME; "
+        "2) create its own environment there (python 3.8; pip install -r requirements.txt: torch 2.0.0, "
+        "pytorch_lightning 1.5.0, transformers 4.19.2, open_clip_torch 2.17.1, omegaconf 2.1.1, opencv-python); "
+        "3) download epoch=1-step=8687.ckpt (HF space xichenhku/AnyDoor or ModelScope damo/AnyDoor) and "
+        "dinov2_vitg14_pretrain.pth, and set their paths in configs/inference.yaml and configs/anydoor.yaml; "
+        "4) write a driver that follows the lcbench-anydoor/1 protocol (see the baselines.anydoor docstring: "
+        "read the request JSON, build the collage with anydoor_datasets.data_utils.sobel, sample with "
+        "cldm DDIMSampler, write the output PNG), run from $ANYDOOR_HOME; "
+        f"5) export {ENV_COMMAND}='cd $ANYDOOR_HOME && $ANYDOOR_HOME/venv/bin/python driver.py' "
+        "(or pass the method parameter command=...)."
+    )
+
+
+def unavailable() -> str | None:
+    """None when an AnyDoor command is configured in the environment, else the setup steps."""
+    return None if os.environ.get(ENV_COMMAND, "").strip() else setup_steps()
+
+
+# ----------------------------------------------------------------------------------------------
+# Upstream geometry (anydoor_datasets/data_utils.py), boxes as (y1, y2, x1, x2)
+
+
+def box_to_yyxx(box: Box, width: int, height: int) -> YYXX:
+    """A canonical box as AnyDoor's ``get_bbox_from_mask`` of its rectangle mask: inclusive last row/column."""
+    x0, y0, x1, y1 = to_xyxy_pixels(box, width, height)
+    return (y0, y1 - 1, x0, x1 - 1)
+
+
+def mask_bbox_yyxx(mask: np.ndarray) -> YYXX:
+    """Upstream ``get_bbox_from_mask``: first/last rows and columns of the mask; the full image under 10 px."""
+    h, w = mask.shape[:2]
+    if mask.astype(bool).sum() < 10:
+        return (0, h, 0, w)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1]))
+
+
+def expand_bbox(shape: tuple[int, ...], yyxx: YYXX, ratio: float) -> YYXX:
+    """Upstream ``expand_bbox`` with a fixed ratio: grow about the centre, clip to the image."""
+    y1, y2, x1, x2 = yyxx
+    height, width = shape[:2]
+    xc, yc = 0.5 * (x1 + x2), 0.5 * (y1 + y2)
+    h, w = ratio * (y2 - y1 + 1), ratio * (x2 - x1 + 1)
+    nx1, nx2, ny1, ny2 = int(xc - w * 0.5), int(xc + w * 0.5), int(yc - h * 0.5), int(yc + h * 0.5)
+    return (max(0, ny1), min(height, ny2), max(0, nx1), min(width, nx2))
+
+
+def box_to_square(shape: tuple[int, ...], yyxx: YYXX) -> YYXX:
+    """Upstream ``box2squre``: widen the shorter side about the centre, clip to the image."""
+    height, width = shape[:2]
+    y1, y2, x1, x2 = yyxx
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    h, w = y2 - y1, x2 - x1
+    if h >= w:
+        x1, x2 = cx - h // 2, cx + h // 2
+    else:
+        y1, y2 = cy - w // 2, cy + w // 2
+    return (max(0, y1), min(height, y2), max(0, x1), min(width, x2))
+
+
+def pad_to_square(image: np.ndarray, value: float) -> tuple[np.ndarray, int]:
+    """Upstream ``pad_to_square`` (non-random): pad the shorter side, half before; returns the image and
+    the leading pad."""
+    h, w = image.shape[:2]
+    if h == w:
+        return image, 0
+    pad = abs(h - w)
+    first = pad // 2
+    spec = [(0, 0)] * image.ndim
+    spec[1 if h > w else 0] = (first, pad - first)
+    return np.pad(image, spec, mode="constant", constant_values=value), first
+
+
+def prepare_reference(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Upstream's reference side: mask onto white, crop to the mask box, expand x1.2, pad square, 224 px."""
+    mask = (mask > 0).astype(np.uint8)
+    masked = image * mask[..., None] + 255 * (1 - mask[..., None])
+    y1, y2, x1, x2 = mask_bbox_yyxx(mask)
+    masked, mask = masked[y1:y2, x1:x2], mask[y1:y2, x1:x2]
+    h, w = masked.shape[:2]
+    big_h, big_w = int(h * 1.2), int(w * 1.2)
+    ph, pw = (big_h - h) // 2, (big_w - w) // 2
+    masked = np.pad(masked, ((ph, big_h - h - ph), (pw, big_w - w - pw), (0, 0)), constant_values=255)
+    mask = np.pad(mask, ((ph, big_h - h - ph), (pw, big_w - w - pw)), constant_values=0)
+    masked, _ = pad_to_square(masked.astype(np.uint8), 255)
+    mask, _ = pad_to_square(mask * 255, 0)
+    ref = np.array(Image.fromarray(masked).resize((REF_SIZE, REF_SIZE), Image.BILINEAR))
+    ref_mask = np.array(Image.fromarray(mask.astype(np.uint8)).resize((REF_SIZE, REF_SIZE), Image.BILINEAR))
+    return ref, ref_mask
+
+
+@dataclass(frozen=True)
+class TargetCrop:
+    """The target side of one AnyDoor call and what ``crop_back`` needs."""
+
+    image: np.ndarray  # [512, 512, 3] uint8, padded square crop
+    hint_mask: np.ndarray  # [512, 512] float32: 1 box, 0 outside, -1 padding
+    box_yyxx: YYXX  # the box in the 512 frame
+    crop_yyxx: YYXX  # the crop window on the canvas
+    sizes: tuple[int, int, int, int]  # H1, W1 (crop), H2, W2 (padded)
+
+
+def prepare_target(canvas: np.ndarray, box_yyxx: YYXX, crop_ratio: float) -> TargetCrop:
+    """Upstream's target side: box x1.1, crop x``crop_ratio`` made square, pad, resize to 512."""
+    box = expand_bbox(canvas.shape, box_yyxx, 1.1)
+    crop = box_to_square(canvas.shape, expand_bbox(canvas.shape, box, crop_ratio))
+    cy1, cy2, cx1, cx2 = crop
+    image = canvas[cy1:cy2, cx1:cx2]
+    by1, by2, bx1, bx2 = box[0] - cy1, box[1] - cy1, box[2] - cx1, box[3] - cx1
+    mask = np.zeros(image.shape[:2], np.float32)
+    mask[by1:by2, bx1:bx2] = 1.0
+    h1, w1 = image.shape[:2]
+    image, first = pad_to_square(image, 0)
+    mask, _ = pad_to_square(mask, -1)
+    h2, w2 = image.shape[:2]
+    off_y, off_x = (first, 0) if w1 > h1 else (0, first)
+    scale = SIZE / h2
+    box512 = tuple(int(round(v * scale)) for v in (by1 + off_y, by2 + off_y, bx1 + off_x, bx2 + off_x))
+    image512 = np.array(Image.fromarray(image.astype(np.uint8)).resize((SIZE, SIZE), Image.BILINEAR))
+    mask512 = np.array(Image.fromarray(mask).resize((SIZE, SIZE), Image.NEAREST))
+    return TargetCrop(image512, mask512, box512, crop, (h1, w1, h2, w2))  # type: ignore[arg-type]
+
+
+def crop_back(pred: np.ndarray, canvas: np.ndarray, target: TargetCrop, margin: int = 5) -> np.ndarray:
+    """Upstream ``crop_back``: resize the 512 result to the padded crop, unpad, paste inside a margin."""
+    h1, w1, h2, w2 = target.sizes
+    y1, y2, x1, x2 = target.crop_yyxx
+    pred = np.array(Image.fromarray(pred.astype(np.uint8)).resize((w2, h2), Image.BILINEAR))
+    if w1 < w2:
+        first = (w2 - w1) // 2
+        pred = pred[:, first : first + w1]
+    elif h1 < h2:
+        first = (h2 - h1) // 2
+        pred = pred[first : first + h1]
+    out = canvas.copy()
+    m = margin
+    out[y1 + m : y2 - m, x1 + m : x2 - m] = pred[m : h1 - m, m : w1 - m]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The method
+
+
+def reference_mask(ctx: Any, concept_id: str, image_path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """The concept's mask for a reference image (same stem in the spec's masks folder), else all ones."""
+    concept = ctx.concept(concept_id)
+    if concept.masks:
+        folder = Path(concept.masks)
+        if not folder.is_absolute():
+            folder = Path(ctx.spec.path).parent / (ctx.spec.asset_root or "") / folder
+        for candidate in sorted(folder.glob(f"{image_path.stem}.*")):
+            mask = np.array(Image.open(candidate).convert("L").resize(shape[::-1], Image.NEAREST)) > 127
+            return mask.astype(np.uint8), str(candidate)
+    return np.ones(shape, np.uint8), "full image (no mask found)"
+
+
+class AnyDoorMethod:
+    """Background from the base model, then one external AnyDoor call per box."""
+
+    def __init__(self, params: Mapping[str, Any]):
+        self.params = dict(params)
+        self.command = str(self.params["command"]).strip() or os.environ.get(ENV_COMMAND, "").strip()
+        if not self.command:
+            raise RuntimeError(f"method '{NAME}' is not configured: {setup_steps()}")
+
+    def crop_ratio(self, seed: int) -> float:
+        """The context-crop ratio of a box: upstream's randint(15, 30) / 10, seeded, or the fixed parameter."""
+        value = self.params["crop_ratio"]
+        if value == "seeded":
+            return int(np.random.default_rng(seed).integers(15, 30)) / 10
+        return float(value)
+
+    def call(self, request: dict, workdir: Path) -> np.ndarray:
+        """Run the configured command on one request; returns the 512 px result."""
+        path = workdir / "request.json"
+        path.write_text(json.dumps(request, indent=1))
+        argv = shlex.split(self.command) + [str(path)]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=float(self.params["timeout_s"]))
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise RuntimeError(f"AnyDoor command {self.command!r} failed to run: {err}") from err
+        output = Path(request["output"])
+        if proc.returncode != 0 or not output.is_file():
+            raise RuntimeError(
+                f"AnyDoor command {self.command!r} exited {proc.returncode} without writing "
+                f"{output}; stderr: {proc.stderr[-2000:]}"
+            )
+        return np.array(Image.open(output).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR))
+
+    def insert(
+        self, canvas: np.ndarray, box: Box, ref: np.ndarray, ref_mask: np.ndarray, seed: int, workdir: Path
+    ) -> tuple[np.ndarray, dict]:
+        """Insert one object into one box of the canvas; returns the new canvas and the call's record."""
+        ref224, mask224 = prepare_reference(ref, ref_mask)
+        ratio = self.crop_ratio(seed)
+        target = prepare_target(canvas, box_to_yyxx(box, canvas.shape[1], canvas.shape[0]), ratio)
+        files = {
+            "reference_image": workdir / "ref.png",
+            "reference_mask": workdir / "ref_mask.png",
+            "target_image": workdir / "target.png",
+            "hint_mask": workdir / "hint_mask.npy",
+        }
+        Image.fromarray(ref224).save(files["reference_image"])
+        Image.fromarray(mask224).save(files["reference_mask"])
+        Image.fromarray(target.image).save(files["target_image"])
+        np.save(files["hint_mask"], target.hint_mask)
+        request = {
+            "protocol": PROTOCOL,
+            **{k: str(v) for k, v in files.items()},
+            "box_yyxx": list(target.box_yyxx),
+            "steps": int(self.params["steps"]),
+            "guidance_scale": float(self.params["guidance_scale"]),
+            "strength": float(self.params["strength"]),
+            "seed": seed,
+            "output": str(workdir / "output.png"),
+        }
+        pred = self.call(request, workdir)
+        out = crop_back(pred, canvas, target, int(self.params["margin"]))
+        return out, {"crop_ratio": ratio, "crop_yyxx": list(target.crop_yyxx), "box_yyxx_512": list(target.box_yyxx)}
+
+    def generate(self, scene: Scene, seed: int, ctx: Any) -> Generation:
+        """Make the scene's image: background, then one AnyDoor call per box in spec order."""
+        background, bg_record = scene_background(scene, seed, ctx, self.params)
+        canvas = np.array(background)
+        boxes = []
+        with tempfile.TemporaryDirectory(prefix="lcbench-anydoor-") as tmp:
+            for i, region in enumerate(scene.regions):
+                seed_i = box_seed(seed, i)
+                ref_path = choose_reference(ctx.reference_images(region.concept), seed_i, self.params["reference"])
+                ref = np.array(Image.open(ref_path).convert("RGB"))
+                mask, mask_source = reference_mask(ctx, region.concept, ref_path, ref.shape[:2])
+                workdir = Path(tmp) / f"box{i}"
+                workdir.mkdir()
+                canvas, call = self.insert(canvas, region.box, ref, mask, seed_i, workdir)
+                boxes.append(
+                    {
+                        "concept": region.concept,
+                        "box": list(region.box),
+                        "seed": seed_i,
+                        "reference": str(ref_path),
+                        "reference_mask": mask_source,
+                        **call,
+                    }
+                )
+        record = {
+            "method": NAME,
+            "params": {**self.params, "command": self.command},
+            "protocol": PROTOCOL,
+            "background": bg_record,
+            "boxes": boxes,
+            "order": "spec order",
+            "deviations": list(DEVIATIONS),
+        }
+        return Generation(image=Image.fromarray(canvas), record=record)
+
+
+def method_spec() -> MethodSpec:
+    """The registered AnyDoor method (unavailable until its external command is configured)."""
+    return MethodSpec(
+        name=NAME,
+        description="AnyDoor (official code, out of process): base-model background, then each concept "
+        "inserted into its box in turn from a reference image and mask.",
+        create=AnyDoorMethod,
+        defaults=DEFAULTS,
+        deviations=DEVIATIONS,
+        unavailable=unavailable,
+    )

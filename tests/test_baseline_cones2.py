@@ -1,0 +1,156 @@
+"""Cones2 re-implementation: attention bias formula, layout maps, sampler, residual training, end to end."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import EulerDiscreteScheduler
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from test_baseline_pbe import FakeContext, make_tiny_bench
+
+from baselines import cones2
+from baselines.cones2.layout import attention_grids, subject_map
+from baselines.cones2.sampler import euler_update
+from bench.tiny_models import sd_scheduler
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> FakeContext:
+    return make_tiny_bench(tmp_path_factory.mktemp("tiny"))
+
+
+def _attn() -> Attention:
+    torch.manual_seed(0)
+    return Attention(query_dim=8, cross_attention_dim=6, heads=2, dim_head=4).eval()
+
+
+def test_bias_equals_the_formula_by_hand() -> None:
+    attn = _attn()
+    hidden, context = torch.randn(1, 4, 8), torch.randn(1, 5, 6)
+    weight = torch.zeros(4, 5)
+    weight[0, 2], weight[3, 2], weight[1, 3] = 2.5, -1e8, 2.5
+    state = cones2.Cones2State({4: weight}, sigma=3.0, guidance_weight=0.08)
+    out = cones2.Cones2AttnProcessor()(attn, hidden, context, cones2=state)
+
+    q = attn.to_q(hidden).reshape(1, 4, 2, 4).permute(0, 2, 1, 3)  # [1, heads, N, d]
+    k = attn.to_k(context).reshape(1, 5, 2, 4).permute(0, 2, 1, 3)
+    v = attn.to_v(context).reshape(1, 5, 2, 4).permute(0, 2, 1, 3)
+    scores = q @ k.transpose(-1, -2)
+    bias = 0.08 * weight * math.log(1 + 3.0**2) * scores.std()
+    probs = ((scores + bias) / 2.0).softmax(-1)  # 1/sqrt(4)
+    expected = attn.to_out[0]((probs @ v).permute(0, 2, 1, 3).reshape(1, 4, 8))
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert torch.allclose(cones2.layout_bias(scores, weight, 3.0, 0.08), bias)
+
+
+def test_without_guidance_equals_plain_attention() -> None:
+    attn = _attn()
+    hidden, context = torch.randn(2, 4, 8), torch.randn(2, 5, 6)
+    plain = AttnProcessor2_0()(attn, hidden, context)
+    state = cones2.Cones2State({4: torch.zeros(4, 5)}, sigma=3.0, guidance_weight=0.08)
+    assert torch.allclose(cones2.Cones2AttnProcessor()(attn, hidden, context, cones2=state), plain, atol=1e-5)
+    assert torch.allclose(cones2.Cones2AttnProcessor()(attn, hidden, context, cones2=None), plain, atol=1e-6)
+
+
+def test_prompt_positions_separate_same_class_subjects(ctx: FakeContext) -> None:
+    tok = ctx.base_pipeline("real").tokenizer
+    scene = ctx.spec.scenes["two-dogs"]
+    prompt, subjects, appended = cones2.build_prompt(scene, ctx.spec, tok)
+    assert prompt == "dog and dog on the grass" and appended == []
+    assert [(s.concept, s.start, s.length) for s in subjects] == [("dogA", 1, 1), ("dogB", 3, 1)]
+    ids = tok(prompt, padding="max_length", max_length=77).input_ids
+    grids = attention_grids(8, 16, 4)
+    assert grids == [(8, 16), (4, 8), (2, 4), (1, 2)]
+    pos = cones2.layout_weights(subjects, ids, tok, grids, matching="position")[128].reshape(8, 16, 77)
+    up = cones2.layout_weights(subjects, ids, tok, grids, matching="class_word")[128].reshape(8, 16, 77)
+    map_a, map_b = subject_map(subjects, 0, 8, 16, 2.5, -1e8), subject_map(subjects, 1, 8, 16, 2.5, -1e8)
+    assert torch.equal(pos[..., 1], map_a) and torch.equal(pos[..., 3], map_b)
+    assert torch.equal(up[..., 1], map_a + map_b) and torch.equal(up[..., 3], map_a + map_b)  # upstream mixes
+    # dogA box x 0.05-0.4, y 0.2-0.9 on an 8 x 16 grid: rows ceil(1.6)=2 .. floor(7.2)=7, cols 1 .. 6
+    assert map_a[2:7, 1:6].eq(2.5).all() and map_a.eq(2.5).sum() == 25 and map_a.eq(-1e8).any()
+    assert pos[..., [0, 2, 4]].eq(0).all()
+
+
+def test_guidance_raises_token_attention_inside_its_box(ctx: FakeContext) -> None:
+    pipe = ctx.base_pipeline("real")
+    scene = ctx.spec.scenes["two-dogs"]
+    prompt, subjects, _ = cones2.build_prompt(scene, ctx.spec, pipe.tokenizer)
+    ids = pipe.tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    weights = cones2.layout_weights(subjects, ids[0].tolist(), pipe.tokenizer, attention_grids(8, 16, 4))
+    cond = pipe.text_encoder(ids)[0]
+    latents = torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(0))
+    original = dict(pipe.unet.attn_processors)
+    maps = {}
+    try:
+        pipe.unet.set_attn_processor(cones2.Cones2AttnProcessor())
+        for gw in (0.0, 0.08):
+            state = cones2.Cones2State(weights, sigma=14.6, guidance_weight=gw, record=[])
+            with torch.no_grad():
+                pipe.unet(latents, 999, encoder_hidden_states=cond, cross_attention_kwargs={"cones2": state})
+            maps[gw] = [p for p in state.record if p.shape[1] == 128]  # the 8 x 16 layers
+    finally:
+        pipe.unet.set_attn_processor(original)
+    inside_a = subject_map(subjects, 0, 8, 16, 1.0, 0.0).reshape(-1).bool()
+    inside_b = subject_map(subjects, 1, 8, 16, 1.0, 0.0).reshape(-1).bool()
+    for plain, guided in zip(maps[0.0], maps[0.08], strict=True):
+        assert guided[:, inside_a, 1].mean() > plain[:, inside_a, 1].mean()  # dogA's token inside dogA's box
+        assert guided[:, inside_b, 1].max() < 1e-6  # and shut out of dogB's box
+    assert all(type(pipe.unet.attn_processors[k]) is type(v) for k, v in original.items())
+
+
+def test_euler_update_matches_diffusers_euler_step() -> None:
+    sched = EulerDiscreteScheduler.from_config(sd_scheduler().config)
+    sched.set_timesteps(4)
+    x, eps = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    reference = sched.step(eps, sched.timesteps[0], x).prev_sample
+    mine = euler_update(x, eps, float(sched.sigmas[0]), float(sched.sigmas[1]))
+    assert torch.allclose(mine, reference, atol=1e-5)
+    vsched = EulerDiscreteScheduler.from_config(sd_scheduler().config, prediction_type="v_prediction")
+    vsched.set_timesteps(4)
+    vsched._step_index = 1  # a step from the second sigma
+    ref_v = vsched.step(eps, vsched.timesteps[1], x).prev_sample
+    mine_v = euler_update(x, eps, float(vsched.sigmas[1]), float(vsched.sigmas[2]), "v_prediction")
+    assert torch.allclose(mine_v, ref_v, atol=1e-5)
+
+
+def test_train_residual_and_roundtrip(ctx: FakeContext, tmp_path: Path) -> None:
+    pipe = ctx.base_pipeline("real")
+    before = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+    concept = ctx.concept("dogA")
+    res = cones2.train_residual(
+        pipe, concept, ctx.reference_images("dogA"), 2, tmp_path / "dogA.pt", learning_rate=1e-3, resolution=32
+    )
+    assert res.shape == (1, 32) and res.abs().sum() > 0
+    assert all(torch.equal(before[k], v) for k, v in pipe.text_encoder.state_dict().items())
+    assert torch.equal(cones2.load_residual(tmp_path / "dogA.pt", 32, 1), res)
+    with pytest.raises(ValueError, match=r"expected \[1, 64\]"):
+        cones2.load_residual(tmp_path / "dogA.pt", 64, 1)
+
+
+def test_generates_for_the_tiny_benchmark(ctx: FakeContext) -> None:
+    spec = cones2.method_spec()
+    method = spec.create(spec.resolve_params({"steps": 2, "guidance_steps": 2, "quick_train_steps": 1}))
+    before = dict(ctx.base_pipeline("real").unet.attn_processors)
+    gen = method.generate(ctx.spec.scenes["two-dogs"], 3, ctx)
+    assert gen.image.size == (128, 64)
+    assert gen.record["residuals"]["dogA"].startswith("quick:1 steps")
+    assert [s["token_positions"] for s in gen.record["subjects"]] == [[1], [3]]
+    assert (ctx.cache_dir / "cones2" / "dogA-quick1.pt").is_file()
+    after = ctx.base_pipeline("real").unet.attn_processors
+    assert all(type(after[k]) is type(v) for k, v in before.items())
+    again = method.generate(ctx.spec.scenes["two-dogs"], 3, ctx)
+    assert list(again.image.getdata()) == list(gen.image.getdata())
+
+
+def test_missing_residual_on_a_real_model_is_an_error(ctx: FakeContext) -> None:
+    method = cones2.Cones2Method({**cones2.method.DEFAULTS})
+    ctx_real = FakeContext(ctx.spec, ctx.cache_dir)
+    ctx_real._pipes = ctx._pipes
+    from bench.spec import DatasetSpec
+
+    ctx_real.spec = DatasetSpec(**{**ctx.spec.__dict__, "base_models": {"real": "/models/sd15"}})
+    with pytest.raises(ValueError, match="bench cones2-train"):
+        method.generate(ctx.spec.scenes["two-dogs"], 0, ctx_real)
