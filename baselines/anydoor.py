@@ -75,7 +75,7 @@ def setup_steps() -> str:
         "pytorch_lightning 1.5.0, transformers 4.19.2, open_clip_torch 2.17.1, omegaconf 2.1.1, opencv-python); "
         "3) download epoch=1-step=8687.ckpt (HF space xichenhku/AnyDoor or ModelScope damo/AnyDoor) and "
         "dinov2_vitg14_pretrain.pth, and set their paths in configs/inference.yaml and configs/anydoor.yaml; "
-        "4) write a driver that follows the lcbench-anydoor/1 protocol (see the baselines.anydoor docstring: "
+        "4) use the driver shipped as baselines/anydoor_driver.py (it follows the lcbench-anydoor/1 protocol: "
         "read the request JSON, build the collage with anydoor_datasets.data_utils.sobel, sample with "
         "cldm DDIMSampler, write the output PNG), run from $ANYDOOR_HOME; "
         f"5) export {ENV_COMMAND}='cd $ANYDOOR_HOME && $ANYDOOR_HOME/venv/bin/python driver.py' "

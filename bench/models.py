@@ -48,7 +48,7 @@ def load_base_model(
     else:
         pipe = _load_local(Path(ref).expanduser(), ref, where, dtype, single_file_config)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(dtype=dtype)
+    return pipe if pipe.unet.dtype == dtype else pipe.to(dtype=dtype)
 
 
 def _load_local(

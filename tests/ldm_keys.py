@@ -75,7 +75,7 @@ def _unet_key(key: str, per_block: int, up_has_attention: list[bool]) -> str:
         return f"output_blocks.{index}.1.{rest}"
     if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
         block = int(m[1])
-        slot = 1
+        slot = 2 if up_has_attention[block] else 1
         return f"output_blocks.{block * per_block + per_block - 1}.{slot}.conv.{m[2]}"
     raise KeyError(f"no LDM name for UNet key '{key}'")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
@@ -154,3 +155,58 @@ def test_missing_residual_on_a_real_model_is_an_error(ctx: FakeContext) -> None:
     ctx_real.spec = DatasetSpec(**{**ctx.spec.__dict__, "base_models": {"real": "/models/sd15"}})
     with pytest.raises(ValueError, match="bench cones2-train"):
         method.generate(ctx.spec.scenes["two-dogs"], 0, ctx_real)
+
+
+def _tiny_sd2_pipeline():
+    """SD2.x layout: 64-wide text encoder, linear projections, per-block head dims, v-prediction."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from bench.tiny_models import build_tiny_pipeline, tiny_unet_config
+
+    base = build_tiny_pipeline()
+    tok = base.tokenizer
+    torch.manual_seed(5)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=len(tok),
+            max_position_embeddings=77,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            hidden_act="gelu",
+        )
+    )
+    unet = UNet2DConditionModel(
+        **{**tiny_unet_config(64), "use_linear_projection": True, "attention_head_dim": (2, 4, 8, 8)}
+    )
+    scheduler = type(base.scheduler).from_config(base.scheduler.config, prediction_type="v_prediction")
+    pipe = StableDiffusionPipeline(
+        vae=base.vae,
+        text_encoder=text_encoder.eval(),
+        tokenizer=tok,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_sd2_layout_with_residual_files(ctx: FakeContext, tmp_path: Path) -> None:
+    sd2 = FakeContext(ctx.spec, tmp_path / "cache")
+    sd2._pipes = {"real": _tiny_sd2_pipeline()}
+    for cid, value in (("dogA", 0.5), ("dogB", -0.5)):
+        cones2.save_residual(torch.full((64,), value), tmp_path / "res" / f"{cid}.pt")  # upstream: a bare [1024]
+    spec = cones2.method_spec()
+    params = spec.resolve_params({"steps": 2, "guidance_steps": 1, "residual_dir": str(tmp_path / "res")})
+    gen = spec.create(params).generate(ctx.spec.scenes["two-dogs"], 0, sd2)
+    assert gen.image.size == (128, 64) and gen.record["prediction_type"] == "v_prediction"
+    assert gen.record["residuals"]["dogB"] == f"file:{tmp_path / 'res' / 'dogB.pt'}"
+    assert np.asarray(gen.image).std() > 0

@@ -16,7 +16,7 @@ from PIL import Image
 from bench.cli import main
 from bench.store import RunStore
 
-from .conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 
 def bench(*args: str) -> int:
@@ -65,7 +65,7 @@ def test_failed_item_is_recorded_and_run_goes_on(tmp_path, fake_plugin, kind):
 
     scenes = list(load_spec(REPO / "datasets" / "tiny.yaml").scenes)
     assert bench("--plugins", str(fake_plugin), "run", "--methods", "fake-solid", "--dataset", "tiny",
-                 "--out", str(out), "--param", f"fake-solid.fail_on={kind}",
+                 "--seeds", "1", "--out", str(out), "--param", f"fake-solid.fail_on={kind}",
                  "--param", f"fake-solid.fail_scene={scenes[0]}") == 0
     records = list(RunStore(out).records())
     failed = [r for r in records if not r.ok]

@@ -1,0 +1,58 @@
+"""LoRA-Composer registration and an end-to-end generation on the built-in tiny dataset."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.assets import AssetResolver
+from bench.context import RunContext
+from bench.plugins import get_plugin_manager, registered_methods
+from bench.spec import load_spec
+from tests.conftest import REPO
+
+VARIANTS = {
+    "lora-composer": (True, True, True),
+    "lora-composer-ce-ci": (True, True, False),
+    "lora-composer-ce": (True, False, False),
+    "lora-composer-none": (False, False, False),
+}
+
+
+def _methods(monkeypatch) -> dict:
+    monkeypatch.setenv("LCBENCH_PLUGINS", "composer.plugin")  # only the plugin under test
+    return registered_methods(get_plugin_manager())
+
+
+def test_methods_are_registered_with_official_defaults(monkeypatch) -> None:
+    methods = _methods(monkeypatch)
+    for name, switches in VARIANTS.items():
+        spec = methods[name]
+        d = spec.defaults
+        assert (d["concept_enhancement"], d["concept_isolation"], d["latent_reinit"]) == switches
+        assert d["num_steps"] == 50 and d["guidance_scale"] == 7.5 and d["max_refine_steps"] == 26
+        assert (d["enhancement_weight"], d["fill_weight"], d["region_weight"], d["top_k_ratio"]) == (8, 2, 10, 0.2)
+        assert any("tokenizer" in dev for dev in spec.deviations)
+    params = methods["lora-composer"].resolve_params({"loss_level": "2", "num_steps": "3"})
+    assert params["num_steps"] == 3
+
+
+def test_generate_with_background_leaves_the_shared_pipeline_unchanged(monkeypatch) -> None:
+    spec = load_spec(REPO / "datasets" / "tiny.yaml")
+    ctx = RunContext(spec, AssetResolver(spec))
+    scene = spec.scenes["man_dog_cat_castle"]
+    pipe = ctx.base_pipeline(scene.style)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    processors = dict(pipe.unet.attn_processors)
+    methods = _methods(monkeypatch)
+    params = methods["lora-composer"].resolve_params({"num_steps": 3, "loss_level": 2})
+    generation = methods["lora-composer"].create(params).generate(scene, 7, ctx)
+    assert generation.image.size == (scene.width, scene.height)
+    record = generation.record
+    assert record["background_concept"] == "castle"
+    assert record["params"]["loss_level"] == 2 and record["params"]["num_steps"] == 3
+    assert record["refine_steps_run"] == 3 and len(record["losses"]) == 3
+    assert len(record["token_positions"]) == 3 and len(record["reinit_windows"]) == 3
+    assert record["deviations"]
+    after = pipe.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == {k: type(v) for k, v in processors.items()}
