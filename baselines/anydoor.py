@@ -6,7 +6,7 @@ module does upstream's ``process_pairs`` geometry (reference crop/expand/pad to 
 expand x1.1, context crop expand [1.5, 3) made square, pad, resize to 512) and ``crop_back``; the
 command only runs the model.
 
-Protocol ``lcbench-anydoor/1``: the command is run as ``<command> <request.json>``. The request holds
+Protocol ``lcbench-anydoor/1``: the shell runs ``<command> <request.json>``. The request holds
 ``reference_image`` (224 px RGB PNG: masked object on white, padded square), ``reference_mask``
 (224 px L PNG, 255 = object), ``target_image`` (512 px RGB PNG: the padded square crop),
 ``hint_mask`` (512 x 512 float32 ``.npy``: 1 in the box, 0 outside, -1 on padding, as the demo),
@@ -78,7 +78,7 @@ def setup_steps() -> str:
         "4) use the driver shipped as baselines/anydoor_driver.py (it follows the lcbench-anydoor/1 protocol: "
         "read the request JSON, build the collage with anydoor_datasets.data_utils.sobel, sample with "
         "cldm DDIMSampler, write the output PNG), run from $ANYDOOR_HOME; "
-        f"5) export {ENV_COMMAND}='cd $ANYDOOR_HOME && $ANYDOOR_HOME/venv/bin/python driver.py' "
+        f"5) export {ENV_COMMAND}='cd $ANYDOOR_HOME && venv/bin/python /path/to/lcbench/baselines/anydoor_driver.py' "
         "(or pass the method parameter command=...)."
     )
 
@@ -215,13 +215,16 @@ def crop_back(pred: np.ndarray, canvas: np.ndarray, target: TargetCrop, margin: 
 
 
 def reference_mask(ctx: Any, concept_id: str, image_path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, str]:
-    """The concept's mask for a reference image (same stem in the spec's masks folder), else all ones."""
-    concept = ctx.concept(concept_id)
-    if concept.masks:
-        folder = Path(concept.masks)
-        if not folder.is_absolute():
-            folder = Path(ctx.spec.path).parent / (ctx.spec.asset_root or "") / folder
-        for candidate in sorted(folder.glob(f"{image_path.stem}.*")):
+    """The concept's mask for a reference image (same stem in its masks folder), else all ones."""
+    assets = getattr(ctx, "assets", None)
+    if assets is not None:
+        candidates = assets.mask_images(concept_id)
+    else:
+        concept = ctx.concept(concept_id)
+        folder = Path(ctx.spec.path).parent / (ctx.spec.asset_root or "") / concept.masks if concept.masks else None
+        candidates = sorted(folder.glob("*")) if folder is not None else []
+    for candidate in candidates:
+        if Path(candidate).stem == image_path.stem:
             mask = np.array(Image.open(candidate).convert("L").resize(shape[::-1], Image.NEAREST)) > 127
             return mask.astype(np.uint8), str(candidate)
     return np.ones(shape, np.uint8), "full image (no mask found)"
@@ -247,9 +250,11 @@ class AnyDoorMethod:
         """Run the configured command on one request; returns the 512 px result."""
         path = workdir / "request.json"
         path.write_text(json.dumps(request, indent=1))
-        argv = shlex.split(self.command) + [str(path)]
+        line = f"{self.command} {shlex.quote(str(path))}"  # a shell line, so 'cd $ANYDOOR_HOME && ...' works
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=float(self.params["timeout_s"]))
+            proc = subprocess.run(
+                line, shell=True, capture_output=True, text=True, timeout=float(self.params["timeout_s"])
+            )
         except (OSError, subprocess.TimeoutExpired) as err:
             raise RuntimeError(f"AnyDoor command {self.command!r} failed to run: {err}") from err
         output = Path(request["output"])

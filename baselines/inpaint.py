@@ -160,9 +160,7 @@ def box_mask_image(box: Box, canvas_w: int, canvas_h: int, window: Window) -> Im
     """The white-on-black mask of the box inside a window, at the window's working size."""
     bx0, by0, bx1, by1 = to_xyxy_pixels(box, canvas_w, canvas_h)
     mask = np.zeros((window.size[1], window.size[0]), dtype=np.uint8)
-    mask[
-        max(by0 - window.y0, 0) : max(by1 - window.y0, 0), max(bx0 - window.x0, 0) : max(bx1 - window.x0, 0)
-    ] = 255
+    mask[max(by0 - window.y0, 0) : max(by1 - window.y0, 0), max(bx0 - window.x0, 0) : max(bx1 - window.x0, 0)] = 255
     return Image.fromarray(mask).resize((window.work_w, window.work_h), Image.NEAREST)
 
 
@@ -194,6 +192,14 @@ def paste_back(
 def scene_pixel_boxes(scene: Scene) -> list[tuple[int, int, int, int]]:
     """Every region's box in pixel ``(x0, y0, x1, y1)`` on the scene's canvas."""
     return [to_xyxy_pixels(r.box, scene.width, scene.height) for r in scene.regions]
+
+
+def base_model_ref(ctx: object, style: str) -> str:
+    """The base model reference of a style, resolved through the run's assets when it has them."""
+    assets = getattr(ctx, "assets", None)
+    if assets is not None:
+        return str(assets.base_model_ref(style))
+    return str(ctx.spec.base_models.get(style, ""))  # type: ignore[attr-defined]
 
 
 def scene_background(scene: Scene, seed: int, ctx: object, params: dict) -> tuple[Image.Image, dict]:

@@ -20,6 +20,7 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig
 from baselines.inpaint import (
     BACKGROUND_DEFAULTS,
     BACKGROUND_DEVIATIONS,
+    base_model_ref,
     box_mask_image,
     box_seed,
     choose_reference,
@@ -148,9 +149,7 @@ class PaintByExampleMethod:
     def __init__(self, params: Mapping[str, Any]):
         self.params = dict(params)
         if self.params["mode"] not in ("crop", "full"):
-            raise ValueError(
-                f"method '{NAME}': parameter 'mode' must be 'crop' or 'full', got {self.params['mode']!r}"
-            )
+            raise ValueError(f"method '{NAME}': parameter 'mode' must be 'crop' or 'full', got {self.params['mode']!r}")
         self._pipe: PaintByExamplePipeline | None = None
         self._model_ref = ""
 
@@ -158,7 +157,7 @@ class PaintByExampleMethod:
         """The PbE pipeline (loaded once) and the reference it came from."""
         ref = str(self.params["model"])
         if ref == "auto":
-            base_ref = str(ctx.spec.base_models.get(style, ""))
+            base_ref = base_model_ref(ctx, style)
             if not base_ref.startswith("builtin:"):
                 raise ValueError(
                     f"method '{NAME}': parameter 'model' is 'auto', which only resolves for built-in "
@@ -222,9 +221,7 @@ class PaintByExampleMethod:
         boxes = []
         for i, region in enumerate(scene.regions):
             seed_i = box_seed(seed, i)
-            ref_path = choose_reference(
-                ctx.reference_images(region.concept), seed_i, self.params["reference"]
-            )
+            ref_path = choose_reference(ctx.reference_images(region.concept), seed_i, self.params["reference"])
             example = Image.open(ref_path).convert("RGB")
             canvas, call = self.inpaint_box(pipe, canvas, region.box, example, seed_i)
             boxes.append(

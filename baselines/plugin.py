@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from baselines import merge
+from baselines.mixofshow import method as mixofshow
 from bench.hookspecs import hookimpl
 from bench.methods import MethodSpec
 
 
 @hookimpl
 def bench_methods() -> list[MethodSpec]:
-    """The LoRA-combination baselines."""
-    return [merge.method_spec()]
+    """The LoRA-combination baselines and Mix-of-Show."""
+    return [merge.method_spec(), *mixofshow.method_specs()]

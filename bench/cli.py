@@ -216,6 +216,23 @@ def cmd_study_export(args: argparse.Namespace, pm: Any) -> int:
     return 0
 
 
+def cmd_cones2_train(args: argparse.Namespace, pm: Any) -> int:
+    """bench cones2-train: train a concept's Cones2 residual embedding on its style's base model."""
+    from baselines.cones2 import train_residual
+    from bench.context import RunContext
+
+    spec = resolve_dataset(pm, args.dataset)
+    if args.concept not in spec.concepts:
+        raise CliError(f"--concept: '{args.concept}' is not in {spec.path}; expected one of {sorted(spec.concepts)}")
+    ctx = RunContext(spec, AssetResolver(spec, args.assets), device=args.device)
+    concept = spec.concepts[args.concept]
+    out = Path(args.out) if args.out else Path(f"{concept.id}.pt")
+    train_residual(ctx.base_pipeline(concept.style), concept, ctx.reference_images(concept.id), args.steps, out,
+                   learning_rate=args.learning_rate, seed=args.seed)
+    print(f"residual of '{concept.id}' written to {out} (use --param cones2.residual_dir={out.parent})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
@@ -286,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("study")
     export.add_argument("--out", required=True)
     export.set_defaults(func=cmd_study_export)
+
+    cones = sub.add_parser("cones2-train", help="train a concept's Cones2 residual text embedding")
+    cones.add_argument("--dataset", default="tiny")
+    cones.add_argument("--concept", required=True)
+    cones.add_argument("--assets")
+    cones.add_argument("--steps", type=int, default=4000, help="upstream fine-tunes for 4000 steps")
+    cones.add_argument("--learning-rate", type=float, default=5e-6)
+    cones.add_argument("--seed", type=int, default=0)
+    cones.add_argument("--out", help="residual file (default: <concept>.pt)")
+    cones.add_argument("--device", default="cpu")
+    cones.set_defaults(func=cmd_cones2_train)
     return parser
 
 

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--early-stop", action="store_true", help="official early stop (default: full window)")
     parser.add_argument("--loss-level", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=1, help="timed repetitions (the minimum is reported)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved timed repetitions (minimum reported)")
     parser.add_argument("--skip-plain", action="store_true")
     args = parser.parse_args(argv)
     height, width = (int(v) for v in args.size.lower().split("x"))
@@ -125,17 +125,14 @@ def main(argv: list[str] | None = None) -> dict:
         log.update(Sampler(pipe.unet, scheduler, layout, config)(noise).log)
 
     def timed(fn) -> tuple[float, float]:
-        best = float("inf")
-        for _ in range(args.repeats):
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            best = min(best, time.perf_counter() - start)
-        return best, _peak(device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - start, _peak(device)
 
     if device.type == "cuda":  # warm-up (kernels, allocator) at a small size
         small = ComposerConfig(num_steps=2, max_refine_steps=2, loss_level=args.loss_level)
@@ -148,9 +145,16 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
     }
-    if not args.skip_plain:
-        result["plain_s"], result["plain_peak_gib"] = timed(plain)
-    result["composer_s"], result["composer_peak_gib"] = timed(composer)
+    # Interleaved repetitions, the minimum of each: robust against other load on a shared machine.
+    runs: dict[str, list[tuple[float, float]]] = {"plain": [], "composer": []}
+    for _ in range(args.repeats):
+        if not args.skip_plain:
+            runs["plain"].append(timed(plain))
+        runs["composer"].append(timed(composer))
+    for name, values in runs.items():
+        if values:
+            result[f"{name}_s"] = round(min(v[0] for v in values), 3)
+            result[f"{name}_peak_gib"] = round(max(v[1] for v in values), 3)
     result["refine_steps_run"] = log.get("refine_steps")
     result["early_stop_step"] = log.get("stop_step")
     if "plain_s" in result:

@@ -139,7 +139,7 @@ def test_generates_for_the_tiny_benchmark(ctx: FakeContext) -> None:
     assert gen.image.size == (128, 64)
     assert gen.record["residuals"]["dogA"].startswith("quick:1 steps")
     assert [s["token_positions"] for s in gen.record["subjects"]] == [[1], [3]]
-    assert (ctx.cache_dir / "cones2" / "dogA-quick1.pt").is_file()
+    assert len(list((ctx.cache_dir / "cones2").glob("dogA-quick1-*.pt"))) == 1
     after = ctx.base_pipeline("real").unet.attn_processors
     assert all(type(after[k]) is type(v) for k, v in before.items())
     again = method.generate(ctx.spec.scenes["two-dogs"], 3, ctx)
@@ -210,3 +210,17 @@ def test_sd2_layout_with_residual_files(ctx: FakeContext, tmp_path: Path) -> Non
     assert gen.image.size == (128, 64) and gen.record["prediction_type"] == "v_prediction"
     assert gen.record["residuals"]["dogB"] == f"file:{tmp_path / 'res' / 'dogB.pt'}"
     assert np.asarray(gen.image).std() > 0
+
+
+def test_class_word_prompts_claim_their_words(ctx: FakeContext) -> None:
+    from dataclasses import replace
+
+    tok = ctx.base_pipeline("real").tokenizer
+    scene = replace(ctx.spec.scenes["two-dogs"], prompt="a dog and a dog in a park")
+    prompt, subjects, appended = cones2.build_prompt(scene, ctx.spec, tok)
+    assert prompt == "a dog and a dog in a park" and appended == []
+    assert [(s.concept, s.start) for s in subjects] == [("dogA", 2), ("dogB", 5)]
+    scene = replace(scene, prompt="a park")
+    prompt, subjects, appended = cones2.build_prompt(scene, ctx.spec, tok)
+    assert prompt == "a park, a dog, a dog" and appended == ["dogA", "dogB"]
+    assert [s.start for s in subjects] == [5, 8]

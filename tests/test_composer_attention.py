@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from bench.layers import cross_attention_layers
+from bench.textual import LayerwiseTextEncoder
 from bench.tiny_models import build_tiny_pipeline
 from composer.attention import Controller, CrossAttnProcessor, SelfAttnProcessor, composer_processors
 from composer.caches import build_layer_caches
+from composer.layout import RegionInput, prepare_layout
 from composer.synthetic import random_concept_lora
 
 SD15_ORDER = (
@@ -126,3 +129,19 @@ def test_region_mask_blocks_attention_between_boxes(pipe) -> None:
     controller.store_self = False  # the fused (SDPA) path applies the same mask
     fused = SelfAttnProcessor(controller, name, 1)(attn, hidden)
     torch.testing.assert_close(fused, explicit, rtol=1e-4, atol=1e-5)
+
+
+def test_edlora_layer_rows_reach_their_cross_attention_layers(pipe, lora) -> None:
+    """Region keys at layer l come from the prompt encoded with row l of each ED-LoRA token embedding."""
+    region = RegionInput((0.0, 0.0, 1.0, 1.0), "a <x1> <x2> dog", lora, ("<x1>", "<x2>"))
+    layout = prepare_layout(pipe, "a dog", "", [region])
+    names = cross_attention_layers(pipe.unet)
+    encoder = LayerwiseTextEncoder.from_pipeline(pipe)
+    for index, block in ((0, SD15_ORDER[0]), (6, SD15_ORDER[6]), (7, SD15_ORDER[7]), (15, SD15_ORDER[15])):
+        assert names[index].startswith(block)
+        row_only = dataclasses.replace(lora, token_embeddings={t: e[index : index + 1]
+                                                               for t, e in lora.token_embeddings.items()})
+        embeds = encoder.encode("a <x1> <x2> dog", concepts=[row_only], text_lora=lora)[0]
+        merged = _merged_attention(pipe, lora, names[index])
+        expected = merged.to_k(embeds[None]).view(1, 77, merged.heads, -1).transpose(1, 2)[0]
+        torch.testing.assert_close(layout.caches[index].region_k[1, :, 0], expected, rtol=1e-4, atol=1e-5)

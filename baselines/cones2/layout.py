@@ -9,6 +9,7 @@ two subjects of the same class ("dog" and "dog") both receive both maps. ``token
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -42,14 +43,21 @@ def _ids(tokenizer: object, text: str) -> list[int]:
 def build_prompt(scene: Scene, spec: DatasetSpec, tokenizer: object) -> tuple[str, list[Subject], list[str]]:
     """The scene's prompt with concept tokens replaced by class words, and each region's subject span.
 
-    A region whose concept tokens are missing from the global prompt gets ", a <class word>" appended
-    (listed in the third return value).
+    A region whose concept tokens are missing from the global prompt takes the first unclaimed
+    occurrence of its class word; failing that, ", a <class word>" is appended (listed in the third
+    return value).
     """
     text = scene.prompt
     appended = []
     for region in scene.regions:
         concept = spec.concepts[region.concept]
-        if concept.tokens not in text:
+        if concept.tokens in text:
+            continue
+        # a prompt written with class words ("a cat and a dog"): claim the first free occurrence
+        match = re.search(rf"\b{re.escape(concept.class_name)}\b", text)
+        if match:
+            text = text[: match.start()] + concept.tokens + text[match.end() :]
+        else:
             text = f"{text}, a {concept.tokens}"
             appended.append(region.concept)
     # walk the prompt left to right, replacing token strings and tracking each region's class-word span

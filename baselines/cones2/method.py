@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from baselines.cones2.attention import Cones2AttnProcessor
 from baselines.cones2.layout import attention_grids, build_prompt, layout_weights
 from baselines.cones2.residual import class_word_length, load_residual, train_residual
 from baselines.cones2.sampler import cones2_sample
+from baselines.inpaint import base_model_ref
+from bench.assets import default_cache_dir
 from bench.methods import Generation, MethodSpec
 from bench.seeds import initial_noise
 from bench.spec import Scene
@@ -37,8 +40,9 @@ DEVIATIONS = (
     "token_matching='position' (default): each box's weight map goes only to its own subject's class-word "
     "tokens, so same-class subjects (two dogs, three men) are separated; upstream ('class_word') gives every "
     "occurrence of the class word every map with that word.",
-    "Prompt: the scene's global prompt with concept tokens replaced by class words; a region concept absent "
-    "from it is appended as ', a <class word>'. Cones2 has no region prompts, negative prompt or adapters "
+    "Prompt: the scene's global prompt with concept tokens replaced by class words; a region concept whose tokens "
+    "are absent takes the first free occurrence of its class word, else is appended as ', a <class word>'. "
+    "Cones2 has no region prompts, negative prompt or adapters "
     "(uncond = '').",
     "Multi-token class words are supported (residual [n, hidden]); upstream crashes for n > 1.",
     "Layout maps: boxes quantised per attention resolution with bench.boxes.box_to_grid instead of a resized "
@@ -49,6 +53,15 @@ DEVIATIONS = (
     "Residuals must be trained on the same base model (upstream: SD2.1 768-v); missing_residual='quick' trains "
     "a few-step residual for tests only (recorded per concept).",
 )
+
+
+def quick_cache_path(ctx: Any, concept_id: str, base_ref: str, images: list[Path], steps: int, size: int) -> Path:
+    """Where a quick residual is cached: the context's ``cache_dir`` or the bench cache, keyed by its inputs."""
+    digest = hashlib.sha256(f"{base_ref}|{steps}|{size}".encode())
+    for image in images:
+        digest.update(Path(image).read_bytes())
+    root = Path(getattr(ctx, "cache_dir", None) or default_cache_dir())
+    return root / "cones2" / f"{concept_id}-quick{steps}-{digest.hexdigest()[:12]}.pt"
 
 
 class Cones2Method:
@@ -72,7 +85,7 @@ class Cones2Method:
             path = Path(self.params["residual_dir"]) / f"{concept_id}.pt"
             if path.is_file():
                 return load_residual(path, hidden, length, where), f"file:{path}"
-        base_ref = str(ctx.spec.base_models.get(style, ""))
+        base_ref = base_model_ref(ctx, style)
         mode = self.params["missing_residual"]
         if mode == "error" or (mode == "auto" and not base_ref.startswith("builtin:")):
             raise ValueError(
@@ -82,8 +95,8 @@ class Cones2Method:
             )
         steps = int(self.params["quick_train_steps"])
         key = (base_ref, concept_id)
-        cache_dir = getattr(ctx, "cache_dir", None)
-        path = Path(cache_dir) / "cones2" / f"{concept_id}-quick{steps}.pt" if cache_dir else None
+        images = ctx.reference_images(concept_id)
+        path = quick_cache_path(ctx, concept_id, base_ref, images, steps, int(self.params["quick_train_resolution"]))
         if key not in self._quick:
             if path is not None and path.is_file():
                 self._quick[key] = load_residual(path, hidden, length, where)
@@ -96,7 +109,7 @@ class Cones2Method:
                     path,
                     resolution=int(self.params["quick_train_resolution"]),
                 )
-        return self._quick[key], f"quick:{steps} steps" + (f" (cached at {path})" if path else "")
+        return self._quick[key], f"quick:{steps} steps (cached at {path})"
 
     @torch.no_grad()
     def generate(self, scene: Scene, seed: int, ctx: Any) -> Generation:
