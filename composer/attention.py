@@ -61,6 +61,16 @@ class Geometry:
     share: torch.Tensor  # 1 / (number of boxes covering the cell) for each selected cell [M]
     covered: torch.Tensor  # [N] bool, inside any box
     allowed: torch.Tensor | None = None  # [N, N] bool self-attention mask (True = may attend)
+    _bias: dict[torch.dtype, torch.Tensor] = field(default_factory=dict)
+
+    def bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The mask as an additive ``0 / -inf`` bias in ``dtype`` (SDPA would convert a bool mask every call)."""
+        if self.allowed is None:
+            return None
+        if dtype not in self._bias:
+            bias = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
+            self._bias[dtype] = bias.masked_fill_(~self.allowed, float("-inf"))
+        return self._bias[dtype]
 
 
 @dataclass
@@ -213,7 +223,8 @@ class SelfAttnProcessor(_Processor):
         q = _heads(attn.to_q(hidden_states), attn.heads)
         k = _heads(attn.to_k(hidden_states), attn.heads)
         v = _heads(attn.to_v(hidden_states), attn.heads)
-        allowed = ctl.geometry(self.level).allowed if ctl.region_mask and ctl.num_regions else None
+        geo = ctl.geometry(self.level) if ctl.region_mask and ctl.num_regions else None
+        allowed = geo.allowed if geo is not None else None
         if ctl.store_self and self.at_loss_level:
             scores = (q @ k.transpose(-1, -2)) * attn.scale
             if allowed is not None:
@@ -222,7 +233,8 @@ class SelfAttnProcessor(_Processor):
             _accumulate_self(ctl, probs)
             out = probs @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attn.scale)
+            bias = geo.bias(q.dtype) if geo is not None else None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
         out = attn.to_out[0](_merge_heads(out).to(q.dtype))
         return self._finish(attn, out, hidden_states)
 

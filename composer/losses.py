@@ -125,8 +125,8 @@ def composer_loss(
     concept tokens in the 77-token sequence (SOT at 0). Regions with an empty grid box are skipped.
     """
     device = self_map.device if self_map is not None else cross_maps[0].device  # type: ignore[index]
-    total = torch.zeros((), device=device)
-    parts = {"enhancement": 0.0, "fill": 0.0, "region": 0.0}
+    zero = torch.zeros((), device=device)
+    parts = {"enhancement": zero, "fill": zero, "region": zero}  # tensors: one host sync at the end
     for r, box in enumerate(boxes):
         k = top_k_size(box, weights.top_k_ratio)
         if k == 0:
@@ -137,15 +137,12 @@ def composer_loss(
             for position in token_positions[r]:
                 smoothed = smooth(cross_maps[r][:, :, position].float())
                 if weights.use_enhancement:
-                    term = weights.enhancement * enhancement_loss(smoothed, weight, k)
-                    total = total + term
-                    parts["enhancement"] += float(term.detach())
+                    parts["enhancement"] = parts["enhancement"] + weights.enhancement * enhancement_loss(
+                        smoothed, weight, k)
                 if weights.use_fill:
-                    term = weights.fill * fill_loss(smoothed, box)
-                    total = total + term
-                    parts["fill"] += float(term.detach())
+                    parts["fill"] = parts["fill"] + weights.fill * fill_loss(smoothed, box)
         if self_map is not None and weights.use_region:
-            term = weights.region * region_loss(self_map.float(), box, grid_h, grid_w, k)
-            total = total + term
-            parts["region"] += float(term.detach())
-    return total, parts
+            parts["region"] = parts["region"] + weights.region * region_loss(self_map.float(), box, grid_h, grid_w, k)
+    total = parts["enhancement"] + parts["fill"] + parts["region"]
+    values = torch.stack([p.detach() for p in parts.values()]).tolist()
+    return total, dict(zip(parts, values, strict=True))

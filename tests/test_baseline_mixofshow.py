@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import T2IAdapter
+from PIL import Image
 
 from baselines.mixofshow.cache import cached_fusion
 from baselines.mixofshow.fusion import FusionConcept, FusionConfig, gradient_fusion, weights_applied
@@ -30,6 +33,15 @@ from tests.conftest import REPO
 
 SPATIAL = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q")
 CONFIG = FusionConfig(text_iters=60, unet_iters=30, spatial_steps=2, spatial_height=64, spatial_width=64)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matrices: one intra-op thread is many times faster than two on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +271,33 @@ def test_method_generates_with_cached_fusion_and_leaves_the_pipeline_unchanged(m
     assert list(first.image.getdata()) == list(second.image.getdata())
     after = {**pipe.unet.state_dict(), **pipe.text_encoder.state_dict()}
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_adapter_method_uses_the_sketch_condition_with_region_weights(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("LCBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LCBENCH_PLUGINS", "baselines.plugin")
+    spec = load_spec(REPO / "datasets" / "tiny.yaml")
+    ctx = RunContext(spec, AssetResolver(spec))
+    plain_scene = spec.scenes["man_dog_cat_castle"]
+    pipe = ctx.base_pipeline(plain_scene.style)
+    torch.manual_seed(0)
+    T2IAdapter(in_channels=1, channels=list(pipe.unet.config.block_out_channels), num_res_blocks=1,
+               downscale_factor=8, adapter_type="full_adapter").save_pretrained(tmp_path / "sketch")
+    sketch = tmp_path / "sketch.png"
+    Image.fromarray((torch.rand(64, 128) * 255).byte().numpy(), mode="L").save(sketch)
+    monkeypatch.setattr(ctx.assets, "condition_image", lambda scene, kind: sketch)
+    regions = (dataclasses.replace(plain_scene.regions[0], adapter_weights={"sketch": 1.0}),
+               *plain_scene.regions[1:])
+    scene = dataclasses.replace(plain_scene, regions=regions, conditions={"sketch": "sketch.png"},
+                                image_guidance=True, adapter_global_weights={"sketch": 0.0})
+    methods = registered_methods(get_plugin_manager())
+    small = {"steps": 2, "text_iters": 2, "unet_iters": 2, "spatial_steps": 1, "spatial_size": 64, "fuse": "scene"}
+    with_sketch = methods["mix-of-show-adapter"].resolve_params({**small, "sketch_adapter": str(tmp_path / "sketch")})
+    generation = methods["mix-of-show-adapter"].create(with_sketch).generate(scene, 7, ctx)
+    plain = methods["mix-of-show"].create(methods["mix-of-show"].resolve_params(small)).generate(scene, 7, ctx)
+    assert generation.record["adapters"] == {"sketch": str(tmp_path / "sketch")}
+    assert plain.record["adapters"] == {} and plain.record["fusion_cache_hit"]
+    assert list(generation.image.getdata()) != list(plain.image.getdata())
+    with pytest.raises(ValueError, match="mix-of-show-adapter needs a condition image"):
+        methods["mix-of-show-adapter"].create(methods["mix-of-show-adapter"].resolve_params(small)).generate(
+            scene, 7, ctx)

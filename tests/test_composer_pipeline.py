@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers import T2IAdapter
@@ -129,3 +131,45 @@ def test_adapter_weight_map_and_refinement_only_application(pipe, regions) -> No
     baseline = Sampler(pipe.unet, _scheduler(pipe), plain, config)(noise)
     assert result.log["adapter_steps"] == [0]  # CFG steps while refining (stops after step 1's update)
     assert not torch.allclose(result.latents, baseline.latents)
+
+
+def test_early_stop_rule_and_step_sizes(pipe, regions) -> None:
+    """Stop for good when the loss rises from step 5 on (that step's update still applies); official lr_i."""
+    layout = prepare_layout(pipe, "a cat and a dog", "low quality", regions)
+    config = ComposerConfig(num_steps=12, loss_level=2, latent_reinit=False)
+    sampler = Sampler(pipe.unet, _scheduler(pipe), layout, config)
+    scripted = iter([5.0, 4.0, 3.0, 3.5, 2.0, 1.9, 2.5, 1.0])
+    step_sizes: list[float] = []
+
+    def fake_refine(latents, t, step_size, adapter):
+        step_sizes.append(step_size)
+        return latents, next(scripted), {}
+
+    sampler.refine = fake_refine  # type: ignore[method-assign]
+    sampler._denoise = lambda latents, t, adapter: latents  # type: ignore[method-assign]
+    log = sampler(initial_noise(0, (1, 4, 8, 8))).log
+    assert log["stop_step"] == 6 and log["refine_steps"] == 7  # the rise at step 3 (< 5) does not stop
+    expected = [20 * (1 - 0.5 * i / 11) ** 0.5 for i in range(7)]
+    assert step_sizes == pytest.approx(expected, rel=1e-6)
+
+
+def test_paper_reinit_variant_updates_before_the_window_search(pipe, regions) -> None:
+    layout = prepare_layout(pipe, "a cat and a dog", "low quality", regions)
+    noise = initial_noise(4, (1, 4, 8, 8))
+    logs = {}
+    for variant in (False, True):
+        config = ComposerConfig(num_steps=2, loss_level=2, max_refine_steps=1, reinit_update=variant)
+        logs[variant] = Sampler(pipe.unet, _scheduler(pipe), layout, config)(noise)
+    assert "reinit_update_loss" in logs[True].log and "reinit_update_loss" not in logs[False].log
+    assert not torch.allclose(logs[True].latents, logs[False].latents)
+
+
+def test_boxes_empty_at_coarse_levels_are_guarded(pipe, regions) -> None:
+    """A box thinner than one cell at the loss level (and at coarse attention levels) gives no NaN."""
+    thin = [dataclasses.replace(regions[0], box=(0.05, 0.0, 0.1, 1.0)), regions[1]]
+    layout = prepare_layout(pipe, "a cat and a dog", "low quality", thin)
+    config = ComposerConfig(num_steps=2, loss_level=4, max_refine_steps=2)
+    result = Sampler(pipe.unet, _scheduler(pipe), layout, config)(initial_noise(6, (1, 4, 8, 8)))
+    assert torch.isfinite(result.latents).all()
+    assert all(torch.isfinite(torch.tensor(entry["total"])) for entry in result.log["losses"])
+    assert result.log["reinit_windows"][0] is None  # empty at the 2x2 loss grid

@@ -15,16 +15,20 @@ that layer's input activations recorded while concept ``i``'s own merged model r
    fused K/V and concept ``i``'s spatial LoRAs merged.
 
 Memory: the objective is quadratic in ``W``, so ``||(W - T) X||^2 = tr((W - T) X^T X (W - T)^T)``.
-Activations are therefore streamed into one Gram matrix ``X^T X`` (``[in, in]``, float64) per layer
-and concept while they are produced and never stored; this is exact, needs no subsampling, and
-bounds memory by ``sum_layers in^2`` per concept (about 0.3 GB for SD1.5) instead of upstream's tens
-of GB of stored activations. It also makes each L-BFGS evaluation independent of the row count.
+Activations are therefore streamed into one Gram matrix ``X^T X`` (``[in, in]``, float64, on the
+model's device) per layer while they are produced and never stored. After each concept its Gram
+matrices are folded into the layer's objective (``A = sum G_i / c_i``, ``B = sum T_i G_i / c_i``) and
+dropped, so memory does not grow with the number of concepts or sampling steps: for SD1.5 about
+0.3 GB of Gram matrices plus the same again for the objectives (``A``) and the ``[out, in]`` ``B``
+terms, instead of upstream's tens of GB of stored activations per concept. This is exact (no
+subsampling) and makes each L-BFGS evaluation independent of the row count.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -89,6 +93,7 @@ class FusedModel:
     text_encoder: dict[str, torch.Tensor]
     token_embeddings: dict[str, torch.Tensor]
     fits: dict[str, LayerFit] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (not cached)
 
     def tokens_concept(self) -> ConceptLora:
         """A weight-free ConceptLora carrying every fused token (for layer-wise prompt encoding)."""
@@ -110,38 +115,41 @@ class FusedModel:
 
 @dataclass
 class _Gram:
-    """Streamed ``X^T X`` and the number of rows of one layer for one concept."""
+    """Streamed ``X^T X`` (float64, on the activations' device) and the number of rows of one layer."""
 
     matrix: torch.Tensor
     rows: int = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).to(torch.float64)
-        self.matrix += (x.T @ x).to(self.matrix.device)
+        """Add the rows of ``x`` (``[..., in]``)."""
+        x = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        self.matrix += (x.T @ x).to(self.matrix)
         self.rows += x.shape[0]
 
 
 class _Quadratic:
-    """``sum_i mean((W X_i - T_i X_i)^2)`` (upstream's MSE, summed over concepts) from the Gram matrices.
+    """``sum_i mean((W X_i - T_i X_i)^2)`` (upstream's MSE, summed over concepts) from Gram matrices.
 
     With ``A = sum_i G_i / c_i``, ``B = sum_i T_i G_i / c_i`` and ``c_i = rows_i * out``, the objective is
-    ``tr(W A W^T) - 2 tr(W B^T) + const`` and its gradient ``2 (W A - B)``; evaluated in float64.
+    ``tr(W A W^T) - 2 tr(W B^T) + const`` and its gradient ``2 (W A - B)``, in float64. Concepts are
+    folded in one at a time, so a concept's Gram matrices can be dropped once it is added.
     """
 
-    def __init__(self, grams: Sequence[_Gram], targets: Sequence[torch.Tensor]):
-        out, n = targets[0].shape
-        self.a = torch.zeros(n, n, dtype=torch.float64)
-        self.b = torch.zeros(out, n, dtype=torch.float64)
+    def __init__(self, out: int, n: int, device: torch.device):
+        self.a = torch.zeros(n, n, dtype=torch.float64, device=device)
+        self.b = torch.zeros(out, n, dtype=torch.float64, device=device)
         self.const = 0.0
-        for gram, target in zip(grams, targets, strict=True):
-            if gram.rows == 0:
-                continue
-            g = gram.matrix / (gram.rows * out)
-            t = target.to(torch.float64)
-            tg = t @ g
-            self.a += g
-            self.b += tg
-            self.const += float((tg * t).sum())
+
+    def add(self, gram: _Gram, target: torch.Tensor) -> None:
+        """Fold in one concept's activations (as a Gram matrix) and its target weight ``T_i``."""
+        if gram.rows == 0:
+            return
+        g = gram.matrix.to(self.a.device) / (gram.rows * target.shape[0])
+        t = target.to(device=self.a.device, dtype=torch.float64)
+        tg = t @ g
+        self.a += g
+        self.b += tg
+        self.const += float((tg * t).sum())
 
     def __call__(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Objective and gradient at ``weight``."""
@@ -150,11 +158,10 @@ class _Quadratic:
         return loss, 2 * (wa - self.b)
 
 
-def fit_layer(w0: torch.Tensor, grams: Sequence[_Gram], targets: Sequence[torch.Tensor], iters: int,
-              history_size: int = 25) -> tuple[torch.Tensor, LayerFit]:
+def fit_layer(w0: torch.Tensor, objective: _Quadratic, iters: int, history_size: int = 25
+              ) -> tuple[torch.Tensor, LayerFit]:
     """L-BFGS from ``w0`` (strong Wolfe, one ``step`` of ``iters`` iterations); the best weight seen wins."""
-    objective = _Quadratic(grams, targets)
-    weight = w0.detach().to(torch.float64).clone()
+    weight = w0.detach().to(device=objective.a.device, dtype=torch.float64).clone()
     start = float(objective(weight)[0])
     best = {"loss": start, "weight": weight.clone()}
     if iters > 0:
@@ -171,7 +178,7 @@ def fit_layer(w0: torch.Tensor, grams: Sequence[_Gram], targets: Sequence[torch.
             return loss
 
         optimizer.step(closure)
-    return best["weight"].to(torch.float32), LayerFit(start, best["loss"])
+    return best["weight"].to(device="cpu", dtype=torch.float32), LayerFit(start, best["loss"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,10 +210,10 @@ def _recording(model: nn.Module, names: Sequence[str], grams: dict[str, _Gram],
             x = args[0]
             if last.get("input") is not x:
                 rows = _rows(select(x.detach()))
-                rows = rows.reshape(-1, rows.shape[-1]).to(torch.float64)
+                rows = rows.reshape(-1, rows.shape[-1]).to(torch.float32)
                 last.update(input=x, gram=rows.T @ rows, rows=rows.shape[0])
             gram = grams[name]
-            gram.matrix += last["gram"].to(gram.matrix.device)  # type: ignore[union-attr]
+            gram.matrix += last["gram"]  # type: ignore[operator]
             gram.rows += int(last["rows"])  # type: ignore[call-overload]
         return hook
 
@@ -222,15 +229,15 @@ def _recording(model: nn.Module, names: Sequence[str], grams: dict[str, _Gram],
 def _new_grams(model: nn.Module, names: Sequence[str]) -> dict[str, _Gram]:
     grams = {}
     for name in names:
-        n = _matrix_of(model.get_submodule(name)).shape[1]
-        grams[name] = _Gram(torch.zeros(n, n, dtype=torch.float64))
+        weight = _matrix_of(model.get_submodule(name))
+        grams[name] = _Gram(torch.zeros(weight.shape[1], weight.shape[1], dtype=torch.float64, device=weight.device))
     return grams
 
 
-def _targets(w0: torch.Tensor, deltas: Sequence[LoraDelta | None], alpha: float) -> list[torch.Tensor]:
-    """``W0 + alpha * dW_i`` per concept (``W0`` where a concept has no delta on the layer)."""
+def _target(w0: torch.Tensor, delta: LoraDelta | None, alpha: float) -> torch.Tensor:
+    """``W0 + alpha * dW_i`` (``W0`` where the concept has no delta on the layer)."""
     w0 = w0.to(torch.float32)
-    return [w0 if d is None else w0 + alpha * d.weight(torch.float32).reshape(w0.shape) for d in deltas]
+    return w0 if delta is None else w0 + alpha * delta.weight(torch.float32).to(w0.device).reshape(w0.shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,15 +302,22 @@ class _Fuser:
         self.cross = cross_attention_layers(pipe.unet)
         self.fits: dict[str, LayerFit] = {}
 
-    def _fit_all(self, stage: str, model: nn.Module, names: Sequence[str], grams: Sequence[dict[str, _Gram]],
-                 deltas: Callable[[FusionConcept, str], LoraDelta | None], alpha: float, iters: int,
+    def _fold(self, quads: dict[str, _Quadratic], model: nn.Module, grams: dict[str, _Gram], concept: FusionConcept,
+              deltas: Mapping[str, LoraDelta], alpha: float) -> None:
+        """Add one concept's recorded Gram matrices and targets to every layer's objective."""
+        for name, gram in grams.items():
+            w0 = _matrix_of(model.get_submodule(name))
+            if name not in quads:
+                quads[name] = _Quadratic(w0.shape[0], w0.shape[1], w0.device)
+            quads[name].add(gram, _target(w0, deltas.get(name), alpha))
+
+    def _fit_all(self, stage: str, model: nn.Module, quads: Mapping[str, _Quadratic], iters: int
                  ) -> dict[str, torch.Tensor]:
         fused = {}
-        bar = tqdm(names, desc=f"fusion {stage}", unit="layer", disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(list(quads), desc=f"fusion {stage}", unit="layer", disable=not self.progress, dynamic_ncols=True)
         for name in bar:
-            w0 = _matrix_of(model.get_submodule(name))
-            targets = _targets(w0, [deltas(c, name) for c in self.concepts], alpha)
-            weight, fit = fit_layer(w0, [g[name] for g in grams], targets, iters, self.config.history_size)
+            weight, fit = fit_layer(_matrix_of(model.get_submodule(name)), quads[name], iters,
+                                    self.config.history_size)
             fused[name] = weight
             self.fits[f"{stage}:{name}"] = fit
         return fused
@@ -312,7 +326,7 @@ class _Fuser:
         te = self.pipe.text_encoder
         names = _ordered(te, {k for c in self.concepts for k in c.lora.text_encoder})
         layers = len(self.cross)
-        grams = []
+        quads: dict[str, _Quadratic] = {}
         for concept in self.concepts:
             concept_grams = _new_grams(te, names)
             tokenizer = self.encoder.tokenizer_for(list(concept.lora.token_embeddings))
@@ -322,15 +336,14 @@ class _Fuser:
                 with _recording(te, names, concept_grams, select=lambda x, n=n: x[:, :n]):
                     self.encoder.encode(prompt, concepts=[concept.lora], text_lora=_text_only(concept.lora),
                                         num_layers=layers)
-            grams.append(concept_grams)
-        return self._fit_all("text_encoder", te, names, grams, lambda c, k: c.lora.text_encoder.get(k),
-                             self.config.text_alpha, self.config.text_iters)
+            self._fold(quads, te, concept_grams, concept, concept.lora.text_encoder, self.config.text_alpha)
+        return self._fit_all("text_encoder", te, quads, self.config.text_iters)
 
     def cross_kv(self, tokens: ConceptLora) -> dict[str, torch.Tensor]:
         unet = self.pipe.unet
         names = [f"{layer}.{proj}" for layer in self.cross for proj in ("to_k", "to_v")]
         names = [n for n in names if any(n in c.lora.unet for c in self.concepts)]
-        grams = []
+        quads: dict[str, _Quadratic] = {}
         for concept in self.concepts:
             concept_grams = _new_grams(unet, names)
             tokenizer = self.encoder.tokenizer_for(list(concept.lora.token_embeddings))
@@ -343,15 +356,14 @@ class _Fuser:
                     for proj in ("to_k", "to_v"):
                         if f"{layer}.{proj}" in concept_grams:
                             concept_grams[f"{layer}.{proj}"].add(hidden[index, keep])
-            grams.append(concept_grams)
-        return self._fit_all("cross_kv", unet, names, grams, lambda c, k: c.lora.unet.get(k),
-                             self.config.unet_alpha, self.config.text_iters)
+            self._fold(quads, unet, concept_grams, concept, concept.lora.unet, self.config.unet_alpha)
+        return self._fit_all("cross_kv", unet, quads, self.config.text_iters)
 
     def spatial(self, tokens: ConceptLora) -> dict[str, torch.Tensor]:
         unet = self.pipe.unet
         kv = {f"{layer}.{proj}" for layer in self.cross for proj in ("to_k", "to_v")}
         names = _ordered(unet, {k for c in self.concepts for k in c.lora.unet if k not in kv})
-        grams = []
+        quads: dict[str, _Quadratic] = {}
         bar = tqdm(self.concepts, desc="fusion spatial activations", unit="concept", disable=not self.progress,
                    dynamic_ncols=True)
         for concept in bar:
@@ -362,9 +374,9 @@ class _Fuser:
                                              num_layers=len(self.cross))
                 with _recording(unet, names, concept_grams):
                     self._sample(embeds[None])
-            grams.append(concept_grams)
-        return self._fit_all("spatial", unet, names, grams, lambda c, k: c.lora.unet.get(k),
-                             self.config.unet_alpha, self.config.unet_iters)
+            self._fold(quads, unet, concept_grams, concept, concept.lora.unet, self.config.unet_alpha)
+            del concept_grams
+        return self._fit_all("spatial", unet, quads, self.config.unet_iters)
 
     @torch.no_grad()
     def _sample(self, embeds: torch.Tensor) -> None:
@@ -394,14 +406,25 @@ def gradient_fusion(pipe: StableDiffusionPipeline, concepts: Sequence[FusionConc
         raise ValueError("gradient_fusion: expected at least one concept")
     fuser = _Fuser(pipe, concepts, config, progress)
     tokens = ConceptLora(token_embeddings=_union_tokens(concepts), source="fused", format="fused")
+    clock = [time.perf_counter()]
+    seconds: dict[str, float] = {}
+
+    def lap(stage: str) -> None:
+        now = time.perf_counter()
+        seconds[stage] = now - clock[0]
+        clock[0] = now
+
     with torch.no_grad():
         text = fuser.text_encoder()
+    lap("text_encoder")
     with weights_applied(None, pipe.text_encoder, {}, text):
         kv = fuser.cross_kv(tokens)
+        lap("cross_kv")
         with weights_applied(pipe.unet, None, kv, {}):
             spatial = fuser.spatial(tokens)
+        lap("spatial")
     return FusedModel(unet={**kv, **spatial}, text_encoder=text, token_embeddings=dict(tokens.token_embeddings),
-                      fits=fuser.fits)
+                      fits=fuser.fits, seconds=seconds)
 
 
 # ----------------------------------------------------------------------------------------------
