@@ -51,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "steps": 50,
     "guidance_scale": 5.0,
     "mode": "crop",
-    "crop_size": 512,
+    "crop_size": "native",
     "crop_expand": 2.0,
     "paste_inside_box": True,
     **BACKGROUND_DEFAULTS,
@@ -61,7 +61,8 @@ DEVIATIONS = (
     "Multi-concept use is not part of Paint-by-Example: each box is inpainted in sequence (protocol of "
     "baselines.md §D).",
     "mode 'crop' (default): the box expanded crop_expand times, square where the canvas allows, worked on at "
-    "crop_size px (PbE was trained at 512) and resized back; mode 'full': the whole canvas.",
+    "crop_size px and resized back ('native', the default: the model's own resolution, 512 for "
+    "Fantasy-Studio/Paint-by-Example, which was trained at 512); mode 'full': the whole canvas.",
     "paste_inside_box (default on): only the box's pixels are replaced; the pipeline's VAE round trip of the "
     "rest of the window is discarded.",
     "The reference image goes through diffusers' CLIPImageProcessor (resize + centre crop 224); the original "
@@ -168,12 +169,21 @@ class PaintByExampleMethod:
         if self._pipe is None or ref != self._model_ref:
             pipe = build_tiny_pbe() if ref == TINY_MODEL else load_pbe(ref, ctx.dtype)
             pipe.set_progress_bar_config(disable=True)
-            self._pipe, self._model_ref = pipe.to(ctx.device, ctx.dtype), ref
+            if pipe.unet.dtype != ctx.dtype:
+                pipe = pipe.to(dtype=ctx.dtype)
+            self._pipe, self._model_ref = pipe.to(ctx.device), ref
         return self._pipe, ref
 
     def background(self, scene: Scene, seed: int, ctx: Any) -> tuple[Image.Image, dict]:
         """The scene's background for this seed (the canvas before any box)."""
         return scene_background(scene, seed, ctx, self.params)
+
+    def crop_size(self, pipe: PaintByExamplePipeline) -> int:
+        """The working size of a crop: the parameter, or the model's native resolution for 'native'."""
+        size = self.params["crop_size"]
+        if size == "native":
+            return int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
+        return int(size)
 
     @torch.no_grad()
     def inpaint_box(
@@ -187,7 +197,7 @@ class PaintByExampleMethod:
             canvas.height,
             p["mode"],
             float(p["crop_expand"]),
-            int(p["crop_size"]),
+            self.crop_size(pipe),
             multiple=pipe.vae_scale_factor,
         )
         image = cut_window(canvas, window)

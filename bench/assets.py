@@ -296,6 +296,12 @@ def _check_base_model(spec: DatasetSpec, resolver: AssetResolver, style: str) ->
         return [MissingAsset("base_model", style, field, ref, "folder without model_index.json")]
     if path.is_file():
         return []
+    from bench.models import looks_like_hub_id
+
+    raw = spec.base_models.get(style, "")
+    if looks_like_hub_id(raw):
+        hint = f"missing; '{raw}' looks like a hub id: `huggingface-cli download {raw} --local-dir {ref}`"
+        return [MissingAsset("base_model", style, field, ref, hint)]
     return [MissingAsset("base_model", style, field, ref)]
 
 

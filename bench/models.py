@@ -66,7 +66,7 @@ def _load_local(
             raise ModelError(f"{where}: '{path}' has suffix '{path.suffix}'; expected a diffusers folder, "
                              "a .safetensors or a .ckpt file")
         pipe = _load_single_file(path, where, dtype, single_file_config)
-    elif _looks_like_hub_id(ref):
+    elif looks_like_hub_id(ref):
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         raise ModelError(
             f"{where}: '{ref}' looks like a Hugging Face hub id, and the bench loads models only from local "
@@ -132,6 +132,7 @@ def _check_weights_only(path: Path, where: str) -> None:
         ) from err
 
 
-def _looks_like_hub_id(ref: str) -> bool:
+def looks_like_hub_id(ref: str) -> bool:
+    """True for ``org/name`` references, which the bench never fetches."""
     parts = ref.split("/")
     return len(parts) == 2 and all(parts) and not ref.startswith((".", "/", "~"))

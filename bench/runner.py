@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from bench.assets import AssetResolver
+from bench.assets import AssetResolver, format_missing, missing_assets
 from bench.context import RunContext
 from bench.methods import Method, MethodSpec, NonFiniteOutput
 from bench.seeds import scene_seeds
@@ -169,6 +169,22 @@ def check_available(methods: Sequence[MethodRequest]) -> None:
             raise RunError(f"method '{method.spec.name}' is unavailable: {reason}")
 
 
+def preflight(spec: DatasetSpec, assets: AssetResolver, scene_ids: Sequence[str], ctx: RunContext) -> None:
+    """Fail before any image is made when an asset is missing or a LoRA does not fit its base model."""
+    missing = missing_assets(spec, assets, scene_ids)
+    if missing:
+        raise RunError(f"{spec.path}: {len(missing)} asset(s) missing; nothing was generated.\n"
+                       + format_missing(missing))
+    for concept_id in dict.fromkeys(c for s in scene_ids for c in _scene_concepts(spec, s)):
+        ctx.concept_lora(concept_id)  # loads, converts and checks the shapes against the base model
+
+
+def _scene_concepts(spec: DatasetSpec, scene_id: str) -> list[str]:
+    scene = spec.scenes[scene_id]
+    background = spec.scene_background(scene)
+    return [*scene.concept_ids, *([background.id] if background else [])]
+
+
 def run_benchmark(
     spec: DatasetSpec,
     assets: AssetResolver,
@@ -189,6 +205,11 @@ def run_benchmark(
     if device == "cuda" and world > 1:
         device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
     check_available(methods)
+    ctx = RunContext(spec, assets, device=device)
+    try:
+        preflight(spec, assets, scene_ids, ctx)
+    except (ValueError, OSError) as err:  # LoraError, AssetError, ModelError name the file and field
+        raise RunError(f"{err}\nNothing was generated.") from err
     store = RunStore(out)
     manifest = build_manifest(spec, assets, methods, scene_ids, seeds, scheme, benchmark)
     try:
@@ -203,18 +224,16 @@ def run_benchmark(
         if world == 1:  # with several ranks a temporary file may belong to a live writer
             store.clean_temporaries()
         items = plan_items(spec, methods, scene_ids, seeds, scheme)[rank::world]
-        return _generate(store, spec, assets, methods, items, device, retry_failed, quiet, rank)
+        return _generate(store, ctx, methods, items, retry_failed, quiet, rank)
     finally:
         lock.release()
 
 
 def _generate(
     store: RunStore,
-    spec: DatasetSpec,
-    assets: AssetResolver,
+    ctx: RunContext,
     methods: Sequence[MethodRequest],
     items: Sequence[PlannedItem],
-    device: str,
     retry_failed: bool,
     quiet: bool,
     rank: int,
@@ -223,12 +242,11 @@ def _generate(
     todo = [it for it in items if not store.is_done(it.key, include_failed=not retry_failed)]
     summary.skipped = len(items) - len(todo)
     by_key = {m.key: m for m in methods}
-    ctx = RunContext(spec, assets, device=device)
     instances: dict[str, Method] = {}
     bar = tqdm(todo, desc=f"bench run (rank {rank})", unit="img", disable=quiet, dynamic_ncols=True)
     for item in bar:
         request = by_key[item.key.method]
-        scene = spec.scenes[item.key.scene]
+        scene = ctx.spec.scenes[item.key.scene]
         started = time.perf_counter()
         base = {
             "method_name": request.spec.name,

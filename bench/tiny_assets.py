@@ -2,9 +2,10 @@
 
 :func:`ensure_tiny_assets` writes, once and deterministically (fixed seeds, no network), one ED-LoRA
 per concept of ``datasets/tiny.yaml`` matching :func:`bench.tiny_models.build_tiny_pipeline`, plus
-procedural reference images (a coloured shape on a plain background) and a mask folder for one
-concept. Generation happens in a temporary sibling folder that is renamed into place only when
-complete, so a killed generation never leaves half-written assets behind.
+procedural reference images (a coloured shape on a plain background), a mask folder for one
+concept, and the pose and sketch condition images of the image-guided scene. Generation happens
+in a temporary sibling folder that is renamed into place only when complete, so a killed generation
+never leaves half-written assets behind.
 
 The files use every ED-LoRA spelling the loaders accept: the research key spelling
 (``to_k_lora.down.weight``) and the main spelling (``to_k.lora_down.weight``); ``.pth``/``.pt``
@@ -25,7 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 
-TINY_DATASET_VERSION = "1"
+TINY_DATASET_VERSION = "2"
 MARKER_NAME = ".complete.json"
 
 LORA_RANK = 4
@@ -157,6 +158,7 @@ def _generate(folder: Path) -> None:
     for index, concept in enumerate(TINY_CONCEPTS):
         _write_lora(folder / concept.lora_file, concept, seed=1000 + index)
         _write_references(folder, concept)
+    _write_conditions(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     manifest = {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     marker = {"version": TINY_DATASET_VERSION, "files": manifest}
@@ -294,3 +296,62 @@ def _write_references(folder: Path, concept: TinyConcept) -> None:
             mask = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
             _draw_shape(ImageDraw.Draw(mask), concept.shape, box, 255)
             mask.save(mask_dir / f"{index:02d}.png")
+
+
+# ----------------------------------------------------------------------------------------------
+# Condition images of the image-guided scene (datasets/tiny.yaml, man_dog_cat_guided)
+
+GUIDED_SCENE = "man_dog_cat_guided"
+CONDITION_SIZE = (128, 64)  # width, height: the scene's canvas
+POSE_CONDITION = f"conditions/{GUIDED_SCENE}_pose.png"
+SKETCH_CONDITION = f"conditions/{GUIDED_SCENE}_sketch.png"
+# Pixel boxes (x0, y0, x1, y1) inside the scene's region boxes: man [0, 0.375] x [0, 1] -> the figure;
+# dog [0.375, 0.6875] x [0.25, 1] and cat [0.6875, 1] x [0.25, 1] -> the outlined shapes.
+_FIGURE_BOX = (6, 2, 42, 62)
+_SKETCH_OUTLINES = (("rectangle", (53, 24, 83, 58)), ("ellipse", (93, 24, 123, 58)))
+# OpenPose-like keypoints (fractions of the figure box) and limbs, each limb in its own colour.
+_KEYPOINTS = {
+    "head": (0.5, 0.1), "neck": (0.5, 0.25), "r_shoulder": (0.28, 0.27), "l_shoulder": (0.72, 0.27),
+    "r_elbow": (0.15, 0.45), "l_elbow": (0.85, 0.45), "r_wrist": (0.1, 0.62), "l_wrist": (0.9, 0.62),
+    "r_hip": (0.38, 0.58), "l_hip": (0.62, 0.58), "r_knee": (0.35, 0.78), "l_knee": (0.65, 0.78),
+    "r_ankle": (0.33, 0.97), "l_ankle": (0.67, 0.97),
+}
+_LIMBS = (
+    ("neck", "head", (0, 0, 255)), ("neck", "r_shoulder", (255, 0, 0)), ("neck", "l_shoulder", (255, 85, 0)),
+    ("r_shoulder", "r_elbow", (255, 170, 0)), ("r_elbow", "r_wrist", (255, 255, 0)),
+    ("l_shoulder", "l_elbow", (170, 255, 0)), ("l_elbow", "l_wrist", (85, 255, 0)),
+    ("neck", "r_hip", (0, 255, 0)), ("r_hip", "r_knee", (0, 255, 85)), ("r_knee", "r_ankle", (0, 255, 170)),
+    ("neck", "l_hip", (0, 255, 255)), ("l_hip", "l_knee", (0, 170, 255)), ("l_knee", "l_ankle", (0, 85, 255)),
+)
+
+
+def pose_condition_image() -> Image.Image:
+    """An OpenPose-style stick figure (coloured limbs, white joints) on black, in the man's box."""
+    image = Image.new("RGB", CONDITION_SIZE, (0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    x0, y0, x1, y1 = _FIGURE_BOX
+    points = {name: (x0 + fx * (x1 - x0), y0 + fy * (y1 - y0)) for name, (fx, fy) in _KEYPOINTS.items()}
+    for start, end, colour in _LIMBS:
+        draw.line([points[start], points[end]], fill=colour, width=3)
+    for x, y in points.values():
+        draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=(255, 255, 255))
+    return image
+
+
+def sketch_condition_image() -> Image.Image:
+    """White edge outlines of the dog's and the cat's shapes on black (grayscale), in their boxes."""
+    image = Image.new("L", CONDITION_SIZE, 0)
+    draw = ImageDraw.Draw(image)
+    for shape, box in _SKETCH_OUTLINES:
+        if shape == "ellipse":
+            draw.ellipse(box, outline=255, width=2)
+        else:
+            draw.rectangle(box, outline=255, width=2)
+    return image
+
+
+def _write_conditions(folder: Path) -> None:
+    for relative, image in ((POSE_CONDITION, pose_condition_image()), (SKETCH_CONDITION, sketch_condition_image())):
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)

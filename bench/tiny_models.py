@@ -1,16 +1,21 @@
 """Tiny SD1.5-architecture components built from configs with fixed seeds (no network).
 
 Same layer names and 16 cross-attention layers as SD1.5, tiny widths. Real weights are the
-user's; the code path is the same.
+user's; the code path is the same. The tiny T2I-Adapters (``builtin:tiny-t2i-sketch`` /
+``builtin:tiny-t2i-pose``) fit the tiny UNet as TencentARC's SD1.4 adapters fit SD1.5.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from diffusers import (
     AutoencoderKL,
     DPMSolverMultistepScheduler,
     StableDiffusionPipeline,
+    T2IAdapter,
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -91,3 +96,32 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+# Condition channels as composer.adapter.condition_tensor feeds them: grayscale sketch, RGB pose.
+TINY_ADAPTER_CHANNELS = {"sketch": 1, "pose": 3}
+_TINY_ADAPTER_SEEDS = {"sketch": 101, "pose": 102}
+
+
+def build_tiny_adapter(kind: str) -> T2IAdapter:
+    """A full T2I-Adapter for the tiny UNet (one feature map per down level), deterministic per kind.
+
+    Built under a forked RNG, so building one leaves the global torch seed state untouched.
+    """
+    if kind not in TINY_ADAPTER_CHANNELS:
+        raise ValueError(f"tiny T2I-Adapter kind: expected one of {sorted(TINY_ADAPTER_CHANNELS)}, got {kind!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_TINY_ADAPTER_SEEDS[kind])
+        adapter = T2IAdapter(
+            in_channels=TINY_ADAPTER_CHANNELS[kind],
+            channels=list(tiny_unet_config()["block_out_channels"]),
+            num_res_blocks=2,
+            downscale_factor=8,
+            adapter_type="full_adapter",
+        )
+    return adapter.eval()
+
+
+BUILTIN_ADAPTERS: dict[str, Callable[[], T2IAdapter]] = {
+    f"tiny-t2i-{kind}": partial(build_tiny_adapter, kind) for kind in TINY_ADAPTER_CHANNELS
+}

@@ -15,14 +15,12 @@ from bench.lora.apply import lora_merged
 from bench.methods import Generation
 from bench.seeds import initial_noise
 from bench.spec import Scene
-from composer.adapter import adapter_residuals, condition_tensor, load_adapter
+from composer.adapter import SceneAdapters, adapter_refs, no_adapter_note
 from composer.layout import RegionInput, prepare_layout
 from composer.pipeline import ComposerConfig, Sampler, config_record
 
 if TYPE_CHECKING:
     from bench.context import RunContext
-
-ADAPTER_PARAMS = {"sketch": "sketch_adapter", "pose": "pose_adapter"}
 
 DEVIATIONS: tuple[str, ...] = (
     "fix: concept-token positions come from the tokenizer, not whitespace word indices",
@@ -58,10 +56,12 @@ class LoraComposer:
 
     def __init__(self, params: Mapping[str, Any]):
         self.params = dict(params)
+        self.adapters = SceneAdapters("lora-composer")
 
     def generate(self, scene: Scene, seed: int, ctx: RunContext) -> Generation:
         """Make the image of ``scene`` for ``seed`` (the shared pipeline is left as found)."""
         config = config_from_params(self.params, ctx.spec.loss_level)
+        refs = adapter_refs(scene, self.params, ctx.assets.base_model_ref(scene.style), "lora-composer")
         pipe = ctx.base_pipeline(scene.style)
         regions = [
             RegionInput(r.box, r.prompt, ctx.concept_lora(r.concept), ctx.concept(r.concept).token_list,
@@ -70,7 +70,7 @@ class LoraComposer:
         ]
         background = ctx.spec.scene_background(scene)
         background_lora = ctx.concept_lora(background.id) if background is not None else None
-        features, adapters_used = self._adapter_features(scene, ctx, pipe)
+        features = self.adapters.features(scene, refs, ctx.assets.condition_image, pipe.unet.device, pipe.unet.dtype)
         layout = prepare_layout(pipe, scene.prompt, scene.negative_prompt, regions, background_lora, features)
         latent_shape = (1, pipe.unet.config.in_channels, scene.height // pipe.vae_scale_factor,
                         scene.width // pipe.vae_scale_factor)
@@ -86,7 +86,8 @@ class LoraComposer:
         grid = [box_to_grid(r.box, *_grid(latent_shape, config.loss_level)) for r in scene.regions]
         record = {
             "params": config_record(config),
-            "adapters": adapters_used,
+            "adapters": refs,
+            "adapter_note": no_adapter_note(scene),
             "background_concept": background.id if background is not None else None,
             "token_positions": [list(p) for p in layout.token_positions],
             "loss_grid_boxes": [list(b) for b in grid],
@@ -98,28 +99,6 @@ class LoraComposer:
             "deviations": list(DEVIATIONS),
         }
         return Generation(image=image, record=record)
-
-    def _adapter_features(self, scene: Scene, ctx: RunContext, pipe: StableDiffusionPipeline
-                          ) -> tuple[list[torch.Tensor] | None, dict[str, str]]:
-        if not scene.image_guidance:
-            return None, {}
-        adapters, images, used = {}, {}, {}
-        for kind, param in ADAPTER_PARAMS.items():
-            path = self.params.get(param) or ""
-            if kind not in scene.conditions or not path:
-                continue
-            adapter = load_adapter(path, kind, pipe.unet.device, pipe.unet.dtype)
-            adapters[kind] = adapter
-            images[kind] = condition_tensor(ctx.assets.condition_image(scene, kind), adapter.config.in_channels,
-                                            scene.width, scene.height)
-            used[kind] = str(path)
-        if not adapters:
-            raise ValueError(f"scene '{scene.id}' has image_guidance on but no usable condition: expected "
-                             f"conditions {list(ADAPTER_PARAMS)} in the scene and the matching lora-composer "
-                             f"parameters {list(ADAPTER_PARAMS.values())} (local T2I-Adapter folders)")
-        features = adapter_residuals(adapters, images, [r.box for r in scene.regions],
-                                     [r.adapter_weights for r in scene.regions], scene.adapter_global_weights)
-        return features, used
 
 
 def _grid(latent_shape: tuple[int, ...], level: int) -> tuple[int, int]:

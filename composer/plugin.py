@@ -17,11 +17,11 @@ from composer.pipeline import ComposerConfig
 
 
 def default_params() -> dict[str, Any]:
-    """The official defaults, plus the adapter folders (empty: none) and the loss level (None: spec or 4)."""
+    """The official defaults, plus the adapters ('auto': see composer.adapter) and the loss level (None: spec or 4)."""
     params: dict[str, Any] = asdict(ComposerConfig())
     params["loss_level"] = None
-    params["sketch_adapter"] = ""
-    params["pose_adapter"] = ""
+    params["sketch_adapter"] = "auto"
+    params["pose_adapter"] = "auto"
     return params
 
 

@@ -16,8 +16,8 @@ TABLE1_COLUMNS = ("Anime-I", "Anime-T", "Real-I", "Real-T", "Mean-I", "Mean-T")
 # Table 2 labels -> method names (or store keys) of the LoRA-Composer ablation; a parameter everywhere.
 DEFAULT_ABLATION: Mapping[str, str] = {
     "CE+CI+LR": "lora-composer",
-    "CE+CI": "lora-composer-noLR",
-    "CE": "lora-composer-CE",
+    "CE+CI": "lora-composer-ce-ci",
+    "CE": "lora-composer-ce",
     "none": "lora-composer-none",
 }
 IMAGE_KEYS = ["run", "method", "scene", "style", "index"]

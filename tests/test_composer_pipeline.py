@@ -10,7 +10,7 @@ from diffusers import T2IAdapter
 
 from bench.seeds import initial_noise
 from bench.tiny_models import build_tiny_pipeline
-from composer.adapter import adapter_residuals, weight_map
+from composer.adapter import adapter_residuals, load_adapter, weight_map
 from composer.attention import Controller, composer_processors
 from composer.layout import RegionInput, prepare_layout
 from composer.pipeline import ComposerConfig, Sampler
@@ -173,3 +173,29 @@ def test_boxes_empty_at_coarse_levels_are_guarded(pipe, regions) -> None:
     assert torch.isfinite(result.latents).all()
     assert all(torch.isfinite(torch.tensor(entry["total"])) for entry in result.log["losses"])
     assert result.log["reinit_windows"][0] is None  # empty at the 2x2 loss grid
+
+
+@pytest.mark.parametrize(("kind", "channels"), [("pose", 3), ("sketch", 1)])
+def test_builtin_tiny_adapters_are_deterministic_and_fit_the_tiny_unet(pipe, kind, channels) -> None:
+    rng = torch.get_rng_state()
+    first = load_adapter(f"builtin:tiny-t2i-{kind}", kind, torch.device("cpu"), torch.float32)
+    second = load_adapter(f"builtin:tiny-t2i-{kind}", kind, torch.device("cpu"), torch.float32)
+    assert torch.equal(torch.get_rng_state(), rng)  # built under a forked RNG
+    assert first.config.in_channels == channels
+    a, b = first.state_dict(), second.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    image = torch.rand(1, channels, 64, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features = first(image)
+    # one residual per down block: that block's width, at the latent size (8 x 16) halved per level
+    widths = pipe.unet.config.block_out_channels
+    assert [tuple(f.shape) for f in features] == [(1, w, 8 >> i, 16 >> i) for i, w in enumerate(widths)]
+    noise, t = initial_noise(1, (1, 4, 8, 16)), torch.tensor(500)
+    states = torch.randn(1, 77, pipe.unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = pipe.unet(noise, t, encoder_hidden_states=states).sample
+        guided = pipe.unet(noise, t, encoder_hidden_states=states,
+                           down_intrablock_additional_residuals=[f.clone() for f in features]).sample
+    assert guided.shape == plain.shape and not torch.allclose(guided, plain, atol=1e-3)
+    with pytest.raises(ValueError, match=r"parameter 'pose_adapter': unknown built-in adapter 'builtin:nope'"):
+        load_adapter("builtin:nope", "pose", torch.device("cpu"), torch.float32)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
 from bench.assets import AssetResolver
@@ -34,6 +37,7 @@ def test_methods_are_registered_with_official_defaults(monkeypatch) -> None:
         assert any("tokenizer" in dev for dev in spec.deviations)
     params = methods["lora-composer"].resolve_params({"loss_level": "2", "num_steps": "3"})
     assert params["num_steps"] == 3
+    assert (params["sketch_adapter"], params["pose_adapter"]) == ("auto", "auto")
 
 
 def test_generate_with_background_leaves_the_shared_pipeline_unchanged(monkeypatch) -> None:
@@ -56,3 +60,33 @@ def test_generate_with_background_leaves_the_shared_pipeline_unchanged(monkeypat
     after = pipe.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == {k: type(v) for k, v in processors.items()}
+
+
+def test_guided_scene_uses_the_builtin_adapters_while_refining_only(monkeypatch) -> None:
+    spec = load_spec(REPO / "datasets" / "tiny.yaml")
+    ctx = RunContext(spec, AssetResolver(spec))
+    scene = spec.scenes["man_dog_cat_guided"]
+    methods = _methods(monkeypatch)
+    params = methods["lora-composer"].resolve_params({"num_steps": 3, "loss_level": 2, "max_refine_steps": 2})
+    guided = methods["lora-composer"].create(params).generate(scene, 7, ctx)
+    record = guided.record
+    assert record["adapters"] == {"sketch": "builtin:tiny-t2i-sketch", "pose": "builtin:tiny-t2i-pose"}
+    assert record["adapter_note"] is None
+    assert record["refine_steps_run"] == 2 and record["adapter_steps"] == [0]  # refining CFG steps only
+    unguided = methods["lora-composer"].create(params).generate(dataclasses.replace(scene, image_guidance=False),
+                                                                7, ctx)
+    assert unguided.record["adapters"] == {} and unguided.record["adapter_steps"] == []
+    assert unguided.record["adapter_note"] == "scene has image_guidance false: sampled without adapter"
+    assert list(guided.image.getdata()) != list(unguided.image.getdata())
+
+
+def test_auto_adapter_with_a_real_base_model_is_a_clear_error(monkeypatch) -> None:
+    spec = load_spec(REPO / "datasets" / "tiny.yaml")
+    ctx = RunContext(spec, AssetResolver(spec))
+    monkeypatch.setattr(ctx.assets, "base_model_ref", lambda style: "/models/sd15")
+    methods = _methods(monkeypatch)
+    method = methods["lora-composer"].create(methods["lora-composer"].resolve_params({"sketch_adapter": "none"}))
+    with pytest.raises(ValueError, match=r"lora-composer: scene 'man_dog_cat_guided' .* parameter 'pose_adapter' "
+                                         r"is 'auto'.*'/models/sd15'.*local diffusers T2IAdapter folder \(e\.g\. "
+                                         r"TencentARC t2iadapter_keypose_sd14v1"):
+        method.generate(spec.scenes["man_dog_cat_guided"], 7, ctx)  # fails before loading any model

@@ -64,3 +64,9 @@ def test_entry_point_plugins_load(monkeypatch, fake_plugin):
         assert "fake-solid" in registered_methods(pm)
     finally:
         sys.path.remove(str(fake_plugin.parent))
+
+
+def test_table2_default_variants_are_registered_methods():
+    from reports import DEFAULT_ABLATION
+
+    assert set(DEFAULT_ABLATION.values()) <= set(registered_methods(get_plugin_manager()))

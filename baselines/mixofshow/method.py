@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
 from diffusers import StableDiffusionPipeline
 
 from baselines.mixofshow.cache import cached_fusion
@@ -19,13 +18,11 @@ from baselines.mixofshow.sampling import RegionPrompt, prepare_fused_layout, reg
 from bench.methods import Generation, MethodSpec, check_finite
 from bench.seeds import initial_noise
 from bench.spec import Scene
-from composer.adapter import adapter_residuals, condition_tensor, load_adapter
+from composer.adapter import SceneAdapters, adapter_refs, no_adapter_note
 from composer.method import decode
 
 if TYPE_CHECKING:
     from bench.context import RunContext
-
-ADAPTER_PARAMS = {"sketch": "sketch_adapter", "pose": "pose_adapter"}
 
 DEFAULTS: dict[str, Any] = {
     "steps": 50,
@@ -39,8 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "spatial_size": 512,
     "fusion_seed": 0,
     "image_conditions": False,
-    "sketch_adapter": "",
-    "pose_adapter": "",
+    "sketch_adapter": "auto",  # 'auto', 'none', builtin:NAME or a diffusers T2IAdapter folder (composer.adapter)
+    "pose_adapter": "auto",
 }
 
 DEVIATIONS: tuple[str, ...] = (
@@ -66,6 +63,7 @@ class MixOfShow:
             raise ValueError(f"mix-of-show.fuse: expected 'style' or 'scene', got {params['fuse']!r}")
         self.params = dict(params)
         self._fused: dict[tuple[str, tuple[str, ...]], tuple[FusedModel, str, bool]] = {}
+        self.adapters = SceneAdapters("mix-of-show-adapter")
 
     @property
     def fusion_config(self) -> FusionConfig:
@@ -98,11 +96,17 @@ class MixOfShow:
         return fused, key, True
 
     def generate(self, scene: Scene, seed: int, ctx: RunContext) -> Generation:
-        """Make the image of ``scene`` for ``seed``; the shared pipeline gets its base weights back."""
+        """Make the image of ``scene`` for ``seed``; the shared pipeline gets its base weights back.
+
+        With adapters on, a scene without image guidance is sampled exactly as by ``mix-of-show``.
+        """
+        refs: dict[str, str] = {}
+        if self.params["image_conditions"]:
+            refs = adapter_refs(scene, self.params, ctx.assets.base_model_ref(scene.style), "mix-of-show-adapter")
         pipe = ctx.base_pipeline(scene.style)
         fused, key, hit = self.fused_model(scene, ctx, pipe)
         regions = [RegionPrompt(r.box, r.prompt, r.negative_prompt) for r in scene.regions]
-        features, adapters_used = self._adapter_features(scene, ctx, pipe)
+        features = self.adapters.features(scene, refs, ctx.assets.condition_image, pipe.unet.device, pipe.unet.dtype)
         shape = (1, pipe.unet.config.in_channels, scene.height // pipe.vae_scale_factor,
                  scene.width // pipe.vae_scale_factor)
         with weights_applied(pipe.unet, pipe.text_encoder, fused.unet, fused.text_encoder):
@@ -119,36 +123,11 @@ class MixOfShow:
             "fusion_cache_hit": hit,
             "fusion_objective": fused.fit_summary(),
             "scheduler": type(pipe.scheduler).__name__,
-            "adapters": adapters_used,
+            "adapters": refs,
+            "adapter_note": no_adapter_note(scene) if self.params["image_conditions"] else None,
             "deviations": list(DEVIATIONS),
         }
         return Generation(image=decode(pipe, latents), record=record)
-
-    def _adapter_features(self, scene: Scene, ctx: RunContext, pipe: StableDiffusionPipeline
-                          ) -> tuple[list[torch.Tensor] | None, dict[str, str]]:
-        if not self.params["image_conditions"]:
-            return None, {}
-        adapters, images, used = {}, {}, {}
-        for kind, param in ADAPTER_PARAMS.items():
-            path = self.params.get(param) or ""
-            if kind in scene.conditions and path:
-                adapter = load_adapter(path, kind, pipe.unet.device, pipe.unet.dtype)
-                adapters[kind] = adapter
-                images[kind] = condition_tensor(ctx.assets.condition_image(scene, kind), adapter.config.in_channels,
-                                                scene.width, scene.height)
-                used[kind] = str(path)
-        if not adapters:
-            raise ValueError(f"scene '{scene.id}': mix-of-show-adapter needs a condition image: expected scene "
-                             f"conditions in {list(ADAPTER_PARAMS)} and the matching parameters "
-                             f"{list(ADAPTER_PARAMS.values())} (local T2I-Adapter folders)")
-        return region_adapter_features(adapters, images, scene), used
-
-
-def region_adapter_features(adapters: Mapping[str, Any], images: Mapping[str, torch.Tensor], scene: Scene
-                            ) -> list[torch.Tensor] | None:
-    """Adapter features weighted by the scene's global weights, overwritten inside weighted boxes."""
-    return adapter_residuals(adapters, images, [r.box for r in scene.regions],
-                             [r.adapter_weights for r in scene.regions], scene.adapter_global_weights)
 
 
 def method_specs() -> Sequence[MethodSpec]:
@@ -160,5 +139,5 @@ def method_specs() -> Sequence[MethodSpec]:
                                "controllable sampling with region prompts and boxes"),
         MethodSpec(name="mix-of-show-adapter", create=MixOfShow, defaults=with_conditions, deviations=DEVIATIONS,
                    description="Mix-of-Show*: as mix-of-show, plus T2I-Adapter sketch/keypose conditions with "
-                               "per-region weights"),
+                               "per-region weights (scenes without image guidance: exactly mix-of-show)"),
     ]
