@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -320,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bench`` console script."""
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # also silences the progress bars inside methods (e.g. fusion)
     try:
         pm = get_plugin_manager(args.plugins)
         return int(args.func(args, pm) or 0)

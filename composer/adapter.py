@@ -44,18 +44,24 @@ def load_adapter(ref: str | Path, kind: str, device: torch.device, dtype: torch.
                              f"{[BUILTIN_PREFIX + n for n in BUILTIN_ADAPTERS]} or a local T2IAdapter folder")
         adapter = BUILTIN_ADAPTERS[name]().to(device)
         return adapter if adapter.dtype == dtype else adapter.to(dtype=dtype)
+    folder = _adapter_folder(ref, where)
+    return T2IAdapter.from_pretrained(folder, torch_dtype=dtype, local_files_only=True).to(device)
+
+
+def _adapter_folder(ref: str | Path, where: str) -> Path:
     folder = Path(ref).expanduser()
     if not (folder / "config.json").is_file():
         raise ValueError(f"{where}: '{ref}' is not a local T2I-Adapter folder with config.json (as written by "
                          "T2IAdapter.save_pretrained)")
-    return T2IAdapter.from_pretrained(folder, torch_dtype=dtype, local_files_only=True).to(device)
+    return folder
 
 
 def adapter_refs(scene: Scene, params: Mapping[str, Any], base_ref: str, method: str) -> dict[str, str]:
     """Kind -> adapter ref for every condition of a scene with image guidance ({} without guidance).
 
     ``auto`` becomes ``builtin:tiny-t2i-<kind>`` when ``base_ref`` is a built-in model; with a real base
-    model it is an error naming the method and the parameter. ``none`` skips that condition.
+    model it is an error naming the method and the parameter. ``none`` skips that condition. A folder
+    without ``config.json`` fails here, before any model is loaded.
     """
     if not scene.image_guidance:
         return {}
@@ -72,6 +78,8 @@ def adapter_refs(scene: Scene, params: Mapping[str, Any], base_ref: str, method:
                 unconfigured.append(kind)
                 continue
             value = f"{BUILTIN_PREFIX}tiny-t2i-{kind}"
+        elif not value.startswith(BUILTIN_PREFIX):
+            _adapter_folder(value, f"{method} parameter '{param}'")  # fail before any model is loaded
         refs[kind] = value
     if unconfigured:
         names = ", ".join(f"'{ADAPTER_PARAMS[k]}'" for k in unconfigured)

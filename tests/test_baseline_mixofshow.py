@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import T2IAdapter
-from PIL import Image
 
 from baselines.mixofshow.cache import cached_fusion
 from baselines.mixofshow.fusion import FusionConcept, FusionConfig, gradient_fusion, weights_applied
@@ -23,7 +20,7 @@ from bench.plugins import get_plugin_manager, registered_methods
 from bench.seeds import initial_noise
 from bench.spec import load_spec
 from bench.textual import LayerwiseTextEncoder
-from bench.tiny_models import build_tiny_pipeline
+from bench.tiny_models import build_tiny_adapter, build_tiny_pipeline
 from composer.adapter import adapter_residuals
 from composer.attention import Controller, composer_processors
 from composer.layout import RegionInput, prepare_layout
@@ -273,31 +270,56 @@ def test_method_generates_with_cached_fusion_and_leaves_the_pipeline_unchanged(m
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_adapter_method_uses_the_sketch_condition_with_region_weights(monkeypatch, tmp_path) -> None:
+def test_adapter_method_uses_builtin_adapters_and_equals_mix_of_show_without_conditions(monkeypatch, tmp_path):
     monkeypatch.setenv("LCBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LCBENCH_PLUGINS", "baselines.plugin")
     spec = load_spec(REPO / "datasets" / "tiny.yaml")
     ctx = RunContext(spec, AssetResolver(spec))
-    plain_scene = spec.scenes["man_dog_cat_castle"]
-    pipe = ctx.base_pipeline(plain_scene.style)
-    torch.manual_seed(0)
-    T2IAdapter(in_channels=1, channels=list(pipe.unet.config.block_out_channels), num_res_blocks=1,
-               downscale_factor=8, adapter_type="full_adapter").save_pretrained(tmp_path / "sketch")
-    sketch = tmp_path / "sketch.png"
-    Image.fromarray((torch.rand(64, 128) * 255).byte().numpy(), mode="L").save(sketch)
-    monkeypatch.setattr(ctx.assets, "condition_image", lambda scene, kind: sketch)
-    regions = (dataclasses.replace(plain_scene.regions[0], adapter_weights={"sketch": 1.0}),
-               *plain_scene.regions[1:])
-    scene = dataclasses.replace(plain_scene, regions=regions, conditions={"sketch": "sketch.png"},
-                                image_guidance=True, adapter_global_weights={"sketch": 0.0})
     methods = registered_methods(get_plugin_manager())
     small = {"steps": 2, "text_iters": 2, "unet_iters": 2, "spatial_steps": 1, "spatial_size": 64, "fuse": "scene"}
-    with_sketch = methods["mix-of-show-adapter"].resolve_params({**small, "sketch_adapter": str(tmp_path / "sketch")})
-    generation = methods["mix-of-show-adapter"].create(with_sketch).generate(scene, 7, ctx)
-    plain = methods["mix-of-show"].create(methods["mix-of-show"].resolve_params(small)).generate(scene, 7, ctx)
-    assert generation.record["adapters"] == {"sketch": str(tmp_path / "sketch")}
-    assert plain.record["adapters"] == {} and plain.record["fusion_cache_hit"]
-    assert list(generation.image.getdata()) != list(plain.image.getdata())
-    with pytest.raises(ValueError, match="mix-of-show-adapter needs a condition image"):
-        methods["mix-of-show-adapter"].create(methods["mix-of-show-adapter"].resolve_params(small)).generate(
-            scene, 7, ctx)
+    star, plain = methods["mix-of-show-adapter"], methods["mix-of-show"]
+    assert (star.defaults["sketch_adapter"], star.defaults["pose_adapter"]) == ("auto", "auto")
+    adapter_method = star.create(star.resolve_params(small))
+    plain_method = plain.create(plain.resolve_params(small))
+    # A scene without conditions: exactly mix-of-show, and the record says so.
+    no_conditions = spec.scenes["man_dog_cat_castle"]
+    assert not no_conditions.conditions
+    unguided = adapter_method.generate(no_conditions, 7, ctx)
+    reference = plain_method.generate(no_conditions, 7, ctx)
+    assert unguided.record["adapters"] == {}
+    assert unguided.record["adapter_note"] == "scene has no image condition: sampled without adapter"
+    assert list(unguided.image.getdata()) == list(reference.image.getdata())
+    # The guided scene: the built-in pose and sketch adapters, and a different image than mix-of-show's.
+    scene = spec.scenes["man_dog_cat_guided"]
+    guided = adapter_method.generate(scene, 7, ctx)
+    reference = plain_method.generate(scene, 7, ctx)
+    assert guided.record["adapters"] == {"sketch": "builtin:tiny-t2i-sketch", "pose": "builtin:tiny-t2i-pose"}
+    assert guided.record["adapter_note"] is None and reference.record["adapters"] == {}
+    assert guided.record["fusion_key"] == reference.record["fusion_key"]
+    assert list(guided.image.getdata()) != list(reference.image.getdata())
+    # A diffusers folder holding the built-in sketch adapter gives the same image as the built-in ref.
+    build_tiny_adapter("sketch").save_pretrained(tmp_path / "sketch")
+    only_sketch = {**small, "pose_adapter": "none"}
+    from_folder = star.create(star.resolve_params({**only_sketch, "sketch_adapter": str(tmp_path / "sketch")}))
+    folder_image = from_folder.generate(scene, 7, ctx)
+    builtin_image = star.create(star.resolve_params(only_sketch)).generate(scene, 7, ctx)
+    assert folder_image.record["adapters"] == {"sketch": str(tmp_path / "sketch")}
+    assert builtin_image.record["adapters"] == {"sketch": "builtin:tiny-t2i-sketch"}
+    assert list(folder_image.image.getdata()) == list(builtin_image.image.getdata())
+    assert list(folder_image.image.getdata()) != list(guided.image.getdata())  # the pose adapter mattered
+
+
+def test_adapter_method_auto_with_a_real_base_model_is_a_clear_error(monkeypatch) -> None:
+    monkeypatch.setenv("LCBENCH_PLUGINS", "baselines.plugin")
+    spec = load_spec(REPO / "datasets" / "tiny.yaml")
+    ctx = RunContext(spec, AssetResolver(spec))
+    monkeypatch.setattr(ctx.assets, "base_model_ref", lambda style: "/models/sd15")
+    star = registered_methods(get_plugin_manager())["mix-of-show-adapter"]
+    with pytest.raises(ValueError, match=r"mix-of-show-adapter: scene 'man_dog_cat_guided' .* parameters "
+                                         r"'sketch_adapter', 'pose_adapter' are 'auto'.*local diffusers T2IAdapter "
+                                         r"folder \(e\.g\. TencentARC t2iadapter_sketch_sd14v1"):
+        star.create(star.defaults).generate(spec.scenes["man_dog_cat_guided"], 7, ctx)
+    folder_missing = star.create(star.resolve_params({"sketch_adapter": "/nowhere", "pose_adapter": "none"}))
+    with pytest.raises(ValueError, match=r"mix-of-show-adapter parameter 'sketch_adapter': '/nowhere' is not a "
+                                         r"local T2I-Adapter folder"):
+        folder_missing.generate(spec.scenes["man_dog_cat_guided"], 7, ctx)

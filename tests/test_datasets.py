@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 import bench.tiny_assets as tiny_assets
@@ -341,10 +342,11 @@ def test_tiny_loras_fit_the_tiny_pipeline_and_change_it_visibly(tmp_path: Path) 
 def test_tiny_yaml_resolves_every_asset() -> None:
     spec = load_spec(TINY)
     regions = sorted(len(s.regions) for s in spec.scenes.values())
-    assert regions == [2, 2, 3, 3]
+    assert regions == [2, 2, 3, 3, 3]
     assert {(s.height, s.width) for s in spec.scenes.values()} == {(64, 128), (64, 64)}
     assert any(spec.scene_background(s) for s in spec.scenes.values())
-    assert spec.benchmarks["default"].seeds == 2 and len(spec.benchmarks["default"].scenes) == 4
+    assert spec.benchmarks["default"].seeds == 2 and len(spec.benchmarks["default"].scenes) == 5
+    assert set(spec.benchmarks["smoke"].scenes) == {"cat_dog", "girl_boy"}
     assert spec.benchmarks["smoke"].seeds == 1 and len(spec.benchmarks["smoke"].scenes) == 2
     assert {c.id for c in TINY_CONCEPTS} == set(spec.concepts)
     resolver = AssetResolver(spec)
@@ -357,3 +359,21 @@ def test_tiny_yaml_resolves_every_asset() -> None:
         assert len(images) >= 3 and images == sorted(images, key=lambda p: p.name)
     assert len(resolver.mask_images("cat")) == len(resolver.reference_images("cat"))
     assert resolver.mask_images("dog") == []
+    # One scene with image guidance, laid out like the paper's 5real: pose on the man, sketch on the animals.
+    guided = [s for s in spec.scenes.values() if s.image_guidance]
+    assert [s.id for s in guided] == [tiny_assets.GUIDED_SCENE]
+    scene = guided[0]
+    assert scene.adapter_global_weights == {"pose": 0.0, "sketch": 0.0}
+    assert {r.concept: dict(r.adapter_weights) for r in scene.regions} == {
+        "man": {"pose": 1.0}, "dog": {"sketch": 0.8}, "cat": {"sketch": 0.8}}
+    modes = {"pose": "RGB", "sketch": "L"}  # what the 3- and 1-channel built-in adapters read
+    for kind, mode in modes.items():
+        with Image.open(resolver.condition_image(scene, kind)) as image:
+            assert (image.size, image.mode) == ((scene.width, scene.height), mode)
+            drawn = image.convert("L").point(lambda v: 255 if v else 0).getbbox()
+        # every drawn pixel lies inside the boxes weighted for that kind
+        assert drawn is not None
+        boxes = [r.box for r in scene.regions if kind in r.adapter_weights]
+        x0, y0 = min(b[0] for b in boxes) * scene.width, min(b[1] for b in boxes) * scene.height
+        x1, y1 = max(b[2] for b in boxes) * scene.width, max(b[3] for b in boxes) * scene.height
+        assert x0 <= drawn[0] and y0 <= drawn[1] and drawn[2] <= x1 and drawn[3] <= y1, (kind, drawn)
