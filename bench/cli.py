@@ -321,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bench`` console script."""
     args = build_parser().parse_args(argv)
+    previous = os.environ.get("TQDM_DISABLE")
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"  # also silences the progress bars inside methods (e.g. fusion)
     try:
@@ -329,6 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError) as err:  # every bench error derives from one of these
         print(f"bench: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
 
 
 if __name__ == "__main__":
