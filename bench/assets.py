@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.cache import default_cache_dir
 from bench.spec import Concept, DatasetSpec, Scene
 from bench.tiny_assets import TINY_DATASET_VERSION, ensure_tiny_assets
 
@@ -29,17 +30,10 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_ROOTS = ("tiny",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 ENV_ASSETS = "LCBENCH_ASSETS"
-ENV_CACHE = "LCBENCH_CACHE"
 
 
 class AssetError(ValueError):
     """An asset cannot be found or the asset root is not set; the message says what to do."""
-
-
-def default_cache_dir() -> Path:
-    """The bench's cache folder: ``$LCBENCH_CACHE``, else ``~/.cache/lcbench``."""
-    env = os.environ.get(ENV_CACHE)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "lcbench"
 
 
 def config_file() -> Path:

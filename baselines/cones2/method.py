@@ -15,7 +15,7 @@ from baselines.cones2.layout import attention_grids, build_prompt, layout_weight
 from baselines.cones2.residual import class_word_length, load_residual, train_residual
 from baselines.cones2.sampler import cones2_sample
 from baselines.inpaint import base_model_ref
-from bench.assets import default_cache_dir
+from bench.cache import default_cache_dir
 from bench.methods import Generation, MethodSpec
 from bench.seeds import initial_noise
 from bench.spec import Scene

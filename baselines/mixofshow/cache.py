@@ -26,7 +26,7 @@ from baselines.mixofshow.fusion import (
     fusion_key,
     gradient_fusion,
 )
-from bench.assets import default_cache_dir
+from bench.cache import default_cache_dir
 
 WEIGHTS = "fused.safetensors"
 META = "fusion.json"

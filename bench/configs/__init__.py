@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from bench.assets import default_cache_dir
+from bench.cache import default_cache_dir
 from bench.tokenizer import build_clip_tokenizer
 
 SD15 = "sd15"
