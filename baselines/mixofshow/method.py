@@ -7,6 +7,7 @@ rewrite, restore the base weights.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "text_alpha": 1.0,
     "unet_alpha": 1.0,
     "spatial_steps": 50,
-    "spatial_size": 512,
+    "spatial_size": "native",  # 'native': the base model's own resolution (512 for SD1.5, as upstream)
     "fusion_seed": 0,
     "image_conditions": False,
     "sketch_adapter": "auto",  # 'auto', 'none', builtin:NAME or a diffusers T2IAdapter folder (composer.adapter)
@@ -65,14 +66,15 @@ class MixOfShow:
         self._fused: dict[tuple[str, tuple[str, ...]], tuple[FusedModel, str, bool]] = {}
         self.adapters = SceneAdapters("mix-of-show-adapter")
 
-    @property
-    def fusion_config(self) -> FusionConfig:
-        """Fusion settings from the parameters."""
+    def fusion_config(self, pipe: StableDiffusionPipeline) -> FusionConfig:
+        """Fusion settings from the parameters (``spatial_size`` 'native': the UNet's own resolution)."""
         p = self.params
+        size = p["spatial_size"]
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor if size == "native" else int(size)
         return FusionConfig(text_iters=int(p["text_iters"]), unet_iters=int(p["unet_iters"]),
                             text_alpha=float(p["text_alpha"]), unet_alpha=float(p["unet_alpha"]),
-                            spatial_steps=int(p["spatial_steps"]), spatial_height=int(p["spatial_size"]),
-                            spatial_width=int(p["spatial_size"]), spatial_seed=int(p["fusion_seed"]))
+                            spatial_steps=int(p["spatial_steps"]), spatial_height=size,
+                            spatial_width=size, spatial_seed=int(p["fusion_seed"]))
 
     def fused_concepts(self, scene: Scene, ctx: RunContext) -> list[str]:
         """Ids of the concepts fused for ``scene``, in spec order."""
@@ -90,7 +92,7 @@ class MixOfShow:
         ids = tuple(self.fused_concepts(scene, ctx))
         if (scene.style, ids) not in self._fused:
             concepts = [FusionConcept(ctx.concept_lora(cid), ctx.concept(cid).token_list) for cid in ids]
-            self._fused[(scene.style, ids)] = cached_fusion(pipe, concepts, self.fusion_config)
+            self._fused[(scene.style, ids)] = cached_fusion(pipe, concepts, self.fusion_config(pipe))
             return self._fused[(scene.style, ids)]
         fused, key, _ = self._fused[(scene.style, ids)]
         return fused, key, True
@@ -120,6 +122,7 @@ class MixOfShow:
             "branch": "research",
             "fused_concepts": list(self.fused_concepts(scene, ctx)),
             "fusion_key": key,
+            "fusion_config": dataclasses.asdict(self.fusion_config(pipe)),
             "fusion_cache_hit": hit,
             "fusion_objective": fused.fit_summary(),
             "scheduler": type(pipe.scheduler).__name__,
