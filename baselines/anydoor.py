@@ -83,9 +83,10 @@ def setup_steps() -> str:
     )
 
 
-def unavailable() -> str | None:
-    """None when an AnyDoor command is configured in the environment, else the setup steps."""
-    return None if os.environ.get(ENV_COMMAND, "").strip() else setup_steps()
+def unavailable(params: Mapping[str, Any] | None = None) -> str | None:
+    """None when an AnyDoor command is configured (parameter ``command`` or the environment), else the setup steps."""
+    configured = str((params or {}).get("command") or "").strip() or os.environ.get(ENV_COMMAND, "").strip()
+    return None if configured else setup_steps()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ DEVIATIONS = (
 )
 
 
-def unavailable() -> str | None:
+def unavailable(params: Mapping[str, Any] | None = None) -> str | None:
     """None when diffusers still ships PaintByExamplePipeline, else how to get a version that does."""
     if _IMPORT_ERROR is None:
         return None

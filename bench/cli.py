@@ -56,7 +56,7 @@ def select_methods(pm: Any, names: str, params: dict[str, dict[str, str]]) -> li
 
     available: dict[str, MethodSpec] = registered_methods(pm)
     if names == "all":
-        chosen = [name for name, spec in available.items() if spec.unavailable() is None]
+        chosen = [name for name, spec in available.items() if spec.unavailable(spec.defaults) is None]
     else:
         chosen = [n.strip() for n in names.split(",") if n.strip()]
     for name in [*chosen, *params]:
@@ -117,7 +117,7 @@ def cmd_list(args: argparse.Namespace, pm: Any) -> int:
     if what in ("all", "methods"):
         print("methods:")
         for name, spec in registered_methods(pm).items():
-            reason = spec.unavailable()
+            reason = spec.unavailable(spec.defaults)
             status = "" if reason is None else f"  [unavailable: {reason.splitlines()[0]}]"
             print(f"  {name:28s} {spec.description}{status}")
     if what in ("all", "datasets"):

@@ -40,8 +40,8 @@ class Method(Protocol):
 class MethodSpec:
     """A registered method: name, defaults, and how to make it.
 
-    ``create(params)`` receives the defaults merged with the user's overrides. ``unavailable()``
-    returns None when the method can run here, or the exact steps to set it up.
+    ``create(params)`` receives the defaults merged with the user's overrides. ``unavailable(params)``
+    returns None when the method can run here with those parameters, or the exact steps to set it up.
     """
 
     name: str
@@ -49,7 +49,7 @@ class MethodSpec:
     create: Callable[[Mapping[str, Any]], Method]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     deviations: tuple[str, ...] = ()
-    unavailable: Callable[[], str | None] = staticmethod(lambda: None)  # type: ignore[assignment]
+    unavailable: Callable[[Mapping[str, Any]], str | None] = staticmethod(lambda params: None)  # type: ignore[assignment]
 
     def resolve_params(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults merged with overrides; an unknown parameter is an error."""

@@ -164,7 +164,7 @@ def merge_manifest(existing: Mapping[str, Any], new: dict[str, Any], run_dir: Pa
 def check_available(methods: Sequence[MethodRequest]) -> None:
     """Fail before any image is made when a requested method cannot run here."""
     for method in methods:
-        reason = method.spec.unavailable()
+        reason = method.spec.unavailable(method.params)
         if reason:
             raise RunError(f"method '{method.spec.name}' is unavailable: {reason}")
 

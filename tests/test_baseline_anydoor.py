@@ -90,6 +90,17 @@ def test_unconfigured_is_unavailable_and_fails_before_any_image(monkeypatch: pyt
     assert anydoor.unavailable() is None
 
 
+def test_command_parameter_makes_it_available_to_the_runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bench.cli import main
+
+    monkeypatch.delenv(anydoor.ENV_COMMAND, raising=False)
+    spec = anydoor.method_spec()
+    assert spec.unavailable(spec.defaults) is not None
+    assert spec.unavailable(spec.resolve_params({"command": "python driver.py"})) is None
+    assert main(["--quiet", "run", "--methods", "anydoor", "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run" / "items").exists()
+
+
 def test_generates_with_a_fake_command(ctx: FakeContext, tmp_path: Path) -> None:
     script = tmp_path / "fake_anydoor.py"
     script.write_text(FAKE_DRIVER)
