@@ -68,6 +68,27 @@ def select_methods(pm: Any, names: str, params: dict[str, dict[str, str]]) -> li
         raise CliError(f"--param: {err}") from err
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
+    return number
+
+
+def run_folders(values: Sequence[str]) -> list[Path]:
+    """The given run folders; each must hold a manifest."""
+    from bench.store import RunStore
+
+    folders = [Path(v) for v in values]
+    for folder in folders:
+        RunStore(folder).read_manifest()  # raises StoreError naming the folder
+    return folders
+
+
 def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -186,7 +207,7 @@ def cmd_dashboard(args: argparse.Namespace, pm: Any) -> int:
     from bench.study import dashboard_command
 
     argv = dashboard_command(
-        [Path(r) for r in args.runs], Path(args.study) if args.study else None, args.port, address=args.address
+        run_folders(args.runs), Path(args.study) if args.study else None, args.port, address=args.address
     )
     return subprocess.call(argv)
 
@@ -199,7 +220,7 @@ def cmd_study_create(args: argparse.Namespace, pm: Any) -> int:
         int(args.participants) if args.participants.isdigit() else _split(args.participants) or []
     )
     info = create_study(
-        [Path(r) for r in args.runs], Path(args.out), methods=_split(args.methods),
+        run_folders(args.runs), Path(args.out), methods=_split(args.methods),
         questions_per_participant=args.questions, participants=participants, seed=args.seed,
     )
     print(f"study written to {info.path}")
@@ -247,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", default="tiny", help="registered dataset name or spec file")
     run.add_argument("--benchmark", help="benchmark id of the spec (default: 'default' if present)")
     run.add_argument("--scenes", help="comma-separated scene ids (default: the benchmark's)")
-    run.add_argument("--seeds", type=int, help="seeds per scene (default: the benchmark's)")
+    run.add_argument("--seeds", type=positive_int, help="seeds per scene (default: the benchmark's)")
     run.add_argument("--out", help="run folder (default: runs/<dataset>-<benchmark>)")
     run.add_argument("--assets", help="asset root of the dataset (overrides env, config and spec)")
     run.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE")
@@ -275,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--clip-weights", help="local weights file of the CLIP model")
     score.add_argument("--dino-model", default="builtin:tiny-dino", help="local DINOv2 folder")
     score.add_argument("--device", default="cpu")
-    score.add_argument("--batch-size", type=int, default=16)
+    score.add_argument("--batch-size", type=positive_int, default=16)
     score.set_defaults(func=cmd_score)
 
     report = sub.add_parser("report", help="write tables, plots and grids")
@@ -296,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("runs", nargs="+")
     create.add_argument("--out", required=True)
     create.add_argument("--methods")
-    create.add_argument("--questions", type=int, default=60)
+    create.add_argument("--questions", type=positive_int, default=60)
     create.add_argument("--participants", default="25", help="a number of participants or comma-separated codes")
     create.add_argument("--seed", type=int, default=0)
     create.set_defaults(func=cmd_study_create)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bench.cli import main
@@ -43,3 +44,15 @@ def test_malformed_param_and_unknown_dataset(tmp_path, capsys):
     assert main(["run", "--dataset", "nope", "--out", str(tmp_path / "r")]) == 2
     assert "unknown dataset 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_zero_seeds_and_missing_run_folders_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--seeds", "0", "--out", str(tmp_path / "r")])
+    assert exit_info.value.code == 2
+    assert "expected an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert main(["dashboard", str(tmp_path / "nope")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert main(["study", "create", str(tmp_path / "nope"), "--out", str(tmp_path / "study")]) == 2
+    assert not (tmp_path / "study").exists()
