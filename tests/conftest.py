@@ -21,3 +21,24 @@ REPO = Path(__file__).resolve().parents[1]
 def fake_plugin() -> Path:
     """A local plugin file registering fast fake methods (no models)."""
     return FIXTURES / "fake_plugin.py"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """The tiny SD1.5-layout pipeline (fixed seeds), built once per test module."""
+    from bench.tiny_models import build_tiny_pipeline
+
+    pipeline = build_tiny_pipeline()
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one intra-op thread is many times faster than two on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

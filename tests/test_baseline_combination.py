@@ -22,28 +22,13 @@ from bench.plugins import get_plugin_manager, registered_methods
 from bench.seeds import initial_noise
 from bench.spec import load_spec
 from bench.textual import LayerwiseState, install_layerwise
-from bench.tiny_models import build_tiny_pipeline
 from composer.synthetic import random_concept_lora
 from tests.conftest import REPO
 
 SIZE = {"seed": 3, "width": 128, "height": 64, "steps": 3, "guidance_scale": 7.5}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    pipe = build_tiny_pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def loras(pipe):

@@ -20,7 +20,7 @@ from bench.plugins import get_plugin_manager, registered_methods
 from bench.seeds import initial_noise
 from bench.spec import load_spec
 from bench.textual import LayerwiseTextEncoder
-from bench.tiny_models import build_tiny_adapter, build_tiny_pipeline
+from bench.tiny_models import build_tiny_adapter
 from composer.adapter import adapter_residuals
 from composer.attention import Controller, composer_processors
 from composer.layout import RegionInput, prepare_layout
@@ -32,21 +32,7 @@ SPATIAL = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to
 CONFIG = FusionConfig(text_iters=60, unet_iters=30, spatial_steps=2, spatial_height=64, spatial_width=64)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matrices: one intra-op thread is many times faster than two on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    pipe = build_tiny_pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _concept(pipe, seed: int, tokens: list[str]) -> FusionConcept:
     """An ED-LoRA-shaped concept with deltas on every attention linear (spatial layers included)."""

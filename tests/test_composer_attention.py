@@ -11,7 +11,6 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from bench.layers import cross_attention_layers
 from bench.textual import LayerwiseTextEncoder
-from bench.tiny_models import build_tiny_pipeline
 from composer.attention import Controller, CrossAttnProcessor, SelfAttnProcessor, composer_processors
 from composer.caches import build_layer_caches
 from composer.layout import RegionInput, prepare_layout
@@ -22,11 +21,6 @@ SD15_ORDER = (
     + ["mid_block.attentions.0"]
     + [f"up_blocks.{b}.attentions.{a}" for b in range(1, 4) for a in range(3)]
 )
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return build_tiny_pipeline()
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,11 @@ import torch
 from diffusers import T2IAdapter
 
 from bench.seeds import initial_noise
-from bench.tiny_models import build_tiny_pipeline
 from composer.adapter import adapter_residuals, load_adapter, weight_map
 from composer.attention import Controller, composer_processors
 from composer.layout import RegionInput, prepare_layout
 from composer.pipeline import ComposerConfig, Sampler
 from composer.synthetic import random_concept_lora
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    pipe = build_tiny_pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")

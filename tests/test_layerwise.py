@@ -18,7 +18,7 @@ from bench.textual import (
     install_layerwise,
     token_positions,
 )
-from bench.tiny_models import TINY_TEXT_DIM, build_tiny_pipeline
+from bench.tiny_models import TINY_TEXT_DIM
 
 # SD1.5's 16 cross-attention layers in the order ED-LoRA / P+ number them (Mix-of-Show
 # revise_edlora_unet_attention_forward: down_blocks, then mid_block, then up_blocks), written out by hand.
@@ -28,11 +28,6 @@ SD15_ORDER = (
     + [f"mid_block.attentions.0.{_T}"]
     + [f"up_blocks.{b}.attentions.{a}.{_T}" for b in range(1, 4) for a in range(3)]
 )
-
-
-@pytest.fixture(scope="module")
-def pipe() -> StableDiffusionPipeline:
-    return build_tiny_pipeline(0)
 
 
 def _sd_encode(pipe: StableDiffusionPipeline, prompt: str) -> torch.Tensor:
