@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from diffusers import StableDiffusionPipeline
 
+from baselines.sampling import encode_pair
 from bench.boxes import Box, box_to_grid
 from bench.lora.apply import lora_merged
 from bench.lora.canonical import ConceptLora
 from bench.methods import Generation, MethodSpec, check_finite
 from bench.seeds import initial_noise
 from bench.spec import Scene
-from bench.textual import LayerwiseState, LayerwiseTextEncoder, install_layerwise
+from bench.textual import LayerwiseState, install_layerwise
 from composer.method import decode
 
 if TYPE_CHECKING:
@@ -40,15 +41,6 @@ COMMON: dict[str, Any] = {"steps": 50, "guidance_scale": 7.5, "lora_weight": 1.0
 def unet_only(lora: ConceptLora) -> ConceptLora:
     """The LoRA's UNet deltas alone (text-encoder deltas and embeddings go through prompt encoding)."""
     return dataclasses.replace(lora, text_encoder={}, token_embeddings={})
-
-
-@torch.no_grad()
-def encode_pair(pipe: StableDiffusionPipeline, prompt: str, negative: str, concepts: Sequence[ConceptLora],
-                text_lora: ConceptLora | None = None) -> torch.Tensor:
-    """``[2, layers, 77, D]`` (negative, positive), both through ``text_lora``'s text-encoder deltas if given."""
-    encoder = LayerwiseTextEncoder.from_pipeline(pipe)
-    positive = encoder.encode(prompt, concepts=concepts, text_lora=text_lora)
-    return torch.stack([encoder.encode(negative, text_lora=text_lora), positive])
 
 
 def guided(pipe: StableDiffusionPipeline, state: LayerwiseState, embeds: torch.Tensor, latents: torch.Tensor,

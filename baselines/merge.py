@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from baselines.sampling import encode_layerwise_pair, sample_layerwise
+from baselines.sampling import encode_pair, sample_layerwise
 from bench.context import RunContext
 from bench.lora.apply import lora_merged
 from bench.methods import Generation, MethodSpec
@@ -44,7 +44,7 @@ class LoraMerge:
             prompt = ", ".join([scene.prompt, *(r.prompt for r in scene.regions)])
         pipe = ctx.base_pipeline(scene.style)
         with lora_merged(pipe.unet, pipe.text_encoder, loras, [weight] * len(loras)):
-            embeddings = encode_layerwise_pair(pipe, prompt, scene.negative_prompt, loras)
+            embeddings = encode_pair(pipe, prompt, scene.negative_prompt, loras)
             image = sample_layerwise(pipe, embeddings, seed, scene.width, scene.height,
                                      self.params["steps"], self.params["guidance_scale"])
         return Generation(

@@ -15,14 +15,18 @@ from bench.seeds import initial_noise
 from bench.textual import LayerwiseState, LayerwiseTextEncoder, install_layerwise
 
 
-def encode_layerwise_pair(
-    pipe: StableDiffusionPipeline, prompt: str, negative_prompt: str, concepts: Sequence[ConceptLora]
+@torch.no_grad()
+def encode_pair(
+    pipe: StableDiffusionPipeline,
+    prompt: str,
+    negative_prompt: str,
+    concepts: Sequence[ConceptLora],
+    text_lora: ConceptLora | None = None,
 ) -> torch.Tensor:
-    """``[2, layers, 77, D]`` embeddings (negative, positive) with every concept token bound per layer."""
-    encoder = LayerwiseTextEncoder(pipe.tokenizer, pipe.text_encoder)
-    positive = encoder.encode(prompt, concepts=concepts)
-    negative = encoder.encode(negative_prompt)
-    return torch.stack([negative, positive])
+    """``[2, layers, 77, D]`` (negative, positive), concept tokens bound per layer, through ``text_lora`` if given."""
+    encoder = LayerwiseTextEncoder.from_pipeline(pipe)
+    positive = encoder.encode(prompt, concepts=concepts, text_lora=text_lora)
+    return torch.stack([encoder.encode(negative_prompt, text_lora=text_lora), positive])
 
 
 def sample_layerwise(
