@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -29,6 +30,9 @@ from bench.lora.apply import lora_merged
 from bench.lora.canonical import ConceptLora
 
 _PLACEHOLDER_ID = 0  # input id fed to the model at concept-token positions; the hook overwrites its row
+# Private tokenizer copies per base tokenizer and token set, shared by every encoder of that tokenizer:
+# a copy costs ~0.15 s, and methods build an encoder per image.
+_PRIVATE_TOKENIZERS: weakref.WeakKeyDictionary[Any, OrderedDict[frozenset[str], Any]] = weakref.WeakKeyDictionary()
 
 
 def _tokenizer_with(tokenizer: Any, tokens: Sequence[str]) -> Any:
@@ -79,7 +83,7 @@ class LayerwiseTextEncoder:
 
     def __init__(self, tokenizer: Any, text_encoder: nn.Module):
         self._base_tokenizer = tokenizer
-        self._tokenizers: OrderedDict[frozenset[str], Any] = OrderedDict()
+        self._tokenizers = _PRIVATE_TOKENIZERS.setdefault(tokenizer, OrderedDict())
         self.text_encoder = text_encoder
 
     @classmethod
@@ -88,7 +92,7 @@ class LayerwiseTextEncoder:
         return cls(pipe.tokenizer, pipe.text_encoder)
 
     def tokenizer_for(self, tokens: Sequence[str]) -> Any:
-        """A private copy of the tokenizer that keeps exactly ``tokens`` (plus its own specials) whole."""
+        """A private copy of the tokenizer that keeps exactly ``tokens`` (plus its own specials) whole (cached)."""
         key = frozenset(tokens)
         if key not in self._tokenizers:
             tokenizer = copy.deepcopy(self._base_tokenizer)
