@@ -33,10 +33,7 @@ class LoraMerge:
 
     def generate(self, scene: Scene, seed: int, ctx: RunContext) -> Generation:
         """Merge, encode the prompt with every concept's layer-wise tokens, sample, restore."""
-        concept_ids = list(dict.fromkeys(scene.concept_ids))
-        background = ctx.spec.scene_background(scene)
-        if background is not None and background.id not in concept_ids:
-            concept_ids.append(background.id)
+        concept_ids = ctx.spec.scene_concepts(scene)
         loras = [ctx.concept_lora(c) for c in concept_ids]
         weight = 1.0 / len(loras) if self.params["normalize"] else 1.0
         prompt = scene.prompt

@@ -266,13 +266,7 @@ def _select_scenes(spec: DatasetSpec, scene_ids: Iterable[str] | None) -> list[S
 
 
 def _used_concepts(spec: DatasetSpec, scenes: Sequence[Scene]) -> list[str]:
-    used: list[str] = []
-    for scene in scenes:
-        background = spec.scene_background(scene)
-        for cid in [*scene.concept_ids, *([background.id] if background else [])]:
-            if cid not in used:
-                used.append(cid)
-    return used
+    return list(dict.fromkeys(cid for scene in scenes for cid in spec.scene_concepts(scene)))
 
 
 def _check_base_model(spec: DatasetSpec, resolver: AssetResolver, style: str) -> list[MissingAsset]:

@@ -169,20 +169,15 @@ def check_available(methods: Sequence[MethodRequest]) -> None:
             raise RunError(f"method '{method.spec.name}' is unavailable: {reason}")
 
 
-def preflight(spec: DatasetSpec, assets: AssetResolver, scene_ids: Sequence[str], ctx: RunContext) -> None:
+def preflight(scene_ids: Sequence[str], ctx: RunContext) -> None:
     """Fail before any image is made when an asset is missing or a LoRA does not fit its base model."""
-    missing = missing_assets(spec, assets, scene_ids)
+    spec = ctx.spec
+    missing = missing_assets(spec, ctx.assets, scene_ids)
     if missing:
         raise RunError(f"{spec.path}: {len(missing)} asset(s) missing; nothing was generated.\n"
                        + format_missing(missing))
-    for concept_id in dict.fromkeys(c for s in scene_ids for c in _scene_concepts(spec, s)):
+    for concept_id in dict.fromkeys(c for s in scene_ids for c in spec.scene_concepts(spec.scenes[s])):
         ctx.concept_lora(concept_id)  # loads, converts and checks the shapes against the base model
-
-
-def _scene_concepts(spec: DatasetSpec, scene_id: str) -> list[str]:
-    scene = spec.scenes[scene_id]
-    background = spec.scene_background(scene)
-    return [*scene.concept_ids, *([background.id] if background else [])]
 
 
 def run_benchmark(
@@ -207,7 +202,7 @@ def run_benchmark(
     check_available(methods)
     ctx = RunContext(spec, assets, device=device)
     try:
-        preflight(spec, assets, scene_ids, ctx)
+        preflight(scene_ids, ctx)
     except (ValueError, OSError) as err:  # LoraError, AssetError, ModelError name the file and field
         raise RunError(f"{err}\nNothing was generated.") from err
     store = RunStore(out)

@@ -119,6 +119,11 @@ class DatasetSpec:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
+    def scene_concepts(self, scene: Scene) -> list[str]:
+        """Ids of the concepts a scene uses: its regions' (first occurrence order), then its background's."""
+        background = self.scene_background(scene)
+        return list(dict.fromkeys([*scene.concept_ids, *([background.id] if background else [])]))
+
     def scene_background(self, scene: Scene) -> Concept | None:
         """The background concept whose tokens appear in the scene's global prompt, if any."""
         for concept in self.concepts.values():

@@ -377,3 +377,9 @@ def test_tiny_yaml_resolves_every_asset() -> None:
         x0, y0 = min(b[0] for b in boxes) * scene.width, min(b[1] for b in boxes) * scene.height
         x1, y1 = max(b[2] for b in boxes) * scene.width, max(b[3] for b in boxes) * scene.height
         assert x0 <= drawn[0] and y0 <= drawn[1] and drawn[2] <= x1 and drawn[3] <= y1, (kind, drawn)
+
+
+def test_scene_concepts_are_regions_then_background() -> None:
+    spec = load_spec(TINY)
+    assert spec.scene_concepts(spec.scenes["man_dog_cat_castle"]) == ["man", "dog", "cat", "castle"]
+    assert spec.scene_concepts(spec.scenes["cat_dog"]) == ["cat", "dog"]

@@ -80,11 +80,7 @@ class MixOfShow:
         """Ids of the concepts fused for ``scene``, in spec order."""
         if self.params["fuse"] == "style":
             return [cid for cid, c in ctx.spec.concepts.items() if c.style == scene.style]
-        ids = list(dict.fromkeys(scene.concept_ids))
-        background = ctx.spec.scene_background(scene)
-        if background is not None and background.id not in ids:
-            ids.append(background.id)
-        return ids
+        return ctx.spec.scene_concepts(scene)
 
     def fused_model(self, scene: Scene, ctx: RunContext, pipe: StableDiffusionPipeline
                     ) -> tuple[FusedModel, str, bool]:
