@@ -17,6 +17,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +149,6 @@ class RunStore:
         """Write an item: the PNG first, then the record that marks it done."""
         data = dict(record, method=key.method, scene=key.scene, index=key.index, seed=seed)
         if image is not None:
-            from io import BytesIO
-
             buffer = BytesIO()
             image.save(buffer, format="PNG")
             atomic_write_bytes(self.image_path(key), buffer.getvalue())
