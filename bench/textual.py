@@ -139,7 +139,7 @@ class LayerwiseTextEncoder:
         if text_lora is not None:
             te_only = dataclasses.replace(text_lora, unet={}, token_embeddings={})
             merged = lora_merged(None, self.text_encoder, [te_only], [1.0])
-        with merged, _rows_written(self.text_encoder.get_input_embeddings(), positions, rows):
+        with merged, token_rows_written(self.text_encoder.get_input_embeddings(), positions, rows):
             hidden = self.text_encoder(input_ids.expand(copies, -1))[0]
         return hidden.expand(num_layers, -1, -1) if copies == 1 else hidden
 
@@ -161,10 +161,13 @@ def _embedding_table(concepts: Sequence[ConceptLora], num_layers: int) -> dict[s
 
 
 @contextmanager
-def _rows_written(
+def token_rows_written(
     embedding: nn.Module, positions: Sequence[int], rows: torch.Tensor | None
 ) -> Iterator[None]:
-    """While active, the token-embedding output at ``positions`` is replaced by ``rows`` [batch, n, D]."""
+    """While active, the token-embedding output at ``positions`` is replaced by ``rows`` [batch, n, D].
+
+    Gradients flow into ``rows``, so training code (toy ED-LoRAs) uses it to learn token embeddings.
+    """
     if rows is None:
         yield
         return

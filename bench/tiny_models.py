@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from diffusers import (
@@ -63,25 +64,28 @@ def sd_scheduler() -> DPMSolverMultistepScheduler:
     )
 
 
+def small_clip_text_config(tokenizer: Any, hidden: int, intermediate: int, layers: int) -> CLIPTextConfig:
+    """A small SD1.x-style ``CLIPTextConfig`` (4 heads, 77 positions, quick_gelu) over ``tokenizer``'s vocabulary."""
+    return CLIPTextConfig(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=hidden,
+        hidden_act="quick_gelu",
+    )
+
+
 def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """Build the tiny SD1.5-layout pipeline with deterministic random weights."""
     tokenizer = build_clip_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=TINY_TEXT_DIM,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            projection_dim=TINY_TEXT_DIM,
-            hidden_act="quick_gelu",
-        )
-    )
+    text_encoder = CLIPTextModel(small_clip_text_config(tokenizer, TINY_TEXT_DIM, intermediate=128, layers=2))
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(**tiny_unet_config())
     torch.manual_seed(seed + 2)

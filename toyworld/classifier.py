@@ -1,0 +1,120 @@
+"""The per-box classifier: what (if anything) is inside a box of a toy-world image.
+
+A small CNN reads a square crop around the box (resized to 32x32) and predicts the object's shape
+(or ``none``), colour and texture. It is trained on rendered scenes, half of them passed through
+the toy VAE so that decoded samples are in its domain (``python -m toyworld.train classifier``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from toyworld.models import load_weights, weights_path
+from toyworld.world import COLOURS, SHAPES, TEXTURES
+
+CROP = 32
+NONE = "none"
+SHAPE_LABELS = (*SHAPES, NONE)
+COLOUR_LABELS = tuple(COLOURS)
+TEXTURE_LABELS = TEXTURES
+
+
+@dataclass(frozen=True)
+class BoxPrediction:
+    """The classifier's reading of one box: ``shape`` is ``'none'`` when the box holds no object."""
+
+    shape: str
+    colour: str
+    texture: str
+    confidence: float  # probability of the predicted shape (or of 'none')
+
+    @property
+    def empty(self) -> bool:
+        """True when no object was found in the box."""
+        return self.shape == NONE
+
+
+class BoxClassifier(nn.Module):
+    """Three conv stages and a dense layer, with shape / colour / texture heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 128), nn.ReLU(),
+        )
+        self.shape = nn.Linear(128, len(SHAPE_LABELS))
+        self.colour = nn.Linear(128, len(COLOUR_LABELS))
+        self.texture = nn.Linear(128, len(TEXTURE_LABELS))
+
+    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits of the three heads for ``[N, 3, 32, 32]`` crops in [-1, 1]."""
+        h = self.features(crops)
+        return self.shape(h), self.colour(h), self.texture(h)
+
+
+def load_classifier(folder: Path | None = None) -> BoxClassifier:
+    """The trained classifier from the committed weights (or ``folder``)."""
+    model = load_weights(BoxClassifier(), weights_path("classifier", folder), "python -m toyworld.train classifier")
+    return model.eval()
+
+
+def square_box(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
+    """The square around a box's centre with side max(w, h), shifted (and shrunk) to fit the image."""
+    x0, y0, x1, y1 = box
+    side = min(max(x1 - x0, y1 - y0, 4.0), width, height)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left = min(max(cx - side / 2, 0.0), width - side)
+    top = min(max(cy - side / 2, 0.0), height - side)
+    return round(left), round(top), round(left + side), round(top + side)
+
+
+def crop_tensor(image: Image.Image, box: Sequence[float]) -> torch.Tensor:
+    """The classifier's ``[3, 32, 32]`` input for one pixel box ``(x0, y0, x1, y1)``."""
+    crop = image.convert("RGB").crop(square_box(box, *image.size)).resize((CROP, CROP), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(crop, dtype=np.float32)).permute(2, 0, 1).div(127.5).sub(1.0)
+
+
+@torch.no_grad()
+def classify_boxes(model: BoxClassifier, image: Image.Image, boxes: Sequence[Sequence[float]]) -> list[BoxPrediction]:
+    """What the classifier sees in each pixel box of ``image``."""
+    if not boxes:
+        return []
+    crops = torch.stack([crop_tensor(image, box) for box in boxes])
+    shape_logits, colour_logits, texture_logits = model(crops)
+    shape_probs = shape_logits.softmax(-1)
+    predictions = []
+    for i in range(len(boxes)):
+        s = int(shape_probs[i].argmax())
+        predictions.append(BoxPrediction(
+            SHAPE_LABELS[s], COLOUR_LABELS[int(colour_logits[i].argmax())],
+            TEXTURE_LABELS[int(texture_logits[i].argmax())], float(shape_probs[i, s]),
+        ))
+    return predictions
+
+
+def foreground_box(image: Image.Image, threshold: int = 60) -> tuple[float, float, float, float] | None:
+    """Bounding box of the pixels that differ from the background (median of the border), or None.
+
+    Used where no box is given (single-object samples): the background colour is the median of the
+    border pixels, foreground is a summed absolute RGB difference above ``threshold``.
+    """
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background = np.median(border, axis=0)
+    mask = np.abs(pixels - background).sum(-1) > threshold
+    if mask.sum() < 12:
+        return None
+    ys, xs = np.nonzero(mask)
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)

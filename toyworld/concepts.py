@@ -1,0 +1,69 @@
+"""The toy world's concepts: specific textured shapes, each with a class name and two ED-LoRA tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from toyworld.world import BACKGROUNDS, PLAIN_BACKGROUNDS, ToyObject, background_phrase
+
+
+@dataclass(frozen=True)
+class ToyConcept:
+    """A concept: one particular (shape, colour, texture); its class name is the shape."""
+
+    id: str
+    shape: str
+    colour: str
+    texture: str
+
+    @property
+    def class_name(self) -> str:
+        """The word CLIP-T substitutes for the concept tokens."""
+        return self.shape
+
+    @property
+    def tokens(self) -> tuple[str, str]:
+        """ED-LoRA's two new tokens, as Mix-of-Show names them (<id1> <id2>)."""
+        return (f"<{self.id}1>", f"<{self.id}2>")
+
+    @property
+    def phrase(self) -> str:
+        """How prompts name the concept: '<ruby1> <ruby2>'."""
+        return " ".join(self.tokens)
+
+    def instance(self, rng: np.random.Generator, cx: float, cy: float, radius: float) -> ToyObject:
+        """The concept drawn at a place, with the world's usual rotation and colour jitter."""
+        from toyworld.world import _jitter
+
+        return ToyObject(self.shape, self.colour, self.texture, cx, cy, radius, float(rng.uniform(-20, 20)),
+                         _jitter(rng, self.colour))
+
+
+CONCEPTS: dict[str, ToyConcept] = {
+    c.id: c
+    for c in (
+        ToyConcept("ruby", "circle", "red", "striped"),
+        ToyConcept("jade", "square", "green", "dotted"),
+        ToyConcept("amber", "triangle", "yellow", "solid"),
+        ToyConcept("cobalt", "cross", "blue", "striped"),
+    )
+}
+
+
+def concept_caption(concept: ToyConcept, background: str | None) -> str:
+    """'a <ruby1> <ruby2>' plus the background phrase, as ED-LoRA training captions read."""
+    caption = f"a {concept.phrase}"
+    return caption if background is None else f"{caption} {background_phrase(background)}"
+
+
+def sample_concept_image(rng: np.random.Generator, concept: ToyConcept) -> tuple[ToyObject, str, str]:
+    """One single-concept training view (no layout): the object, its background and its caption."""
+    radius = float(rng.uniform(10.0, 19.0))
+    cx, cy = rng.uniform(radius, 64 - radius, size=2)
+    background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    named = rng.random() < (0.5 if background in PLAIN_BACKGROUNDS else 0.9)
+    return concept.instance(rng, float(cx), float(cy), radius), background, concept_caption(
+        concept, background if named else None
+    )

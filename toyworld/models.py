@@ -1,0 +1,139 @@
+"""The toy world's models: SD1.x-architecture VAE, UNet and text encoder, and where their weights live.
+
+The VAE downsamples 4x (64x64 images, 16x16x4 latents); the UNet has cross-attention at 16x16,
+8x8 and 4x4; the text encoder is a 4-layer ``CLIPTextModel`` over the full CLIP BPE vocabulary.
+Weights are committed as fp16 safetensors under ``toyworld/weights`` and loaded as fp32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from bench.tiny_models import small_clip_text_config
+from bench.tokenizer import build_clip_tokenizer
+
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+TEXT_DIM = 64
+
+
+class MissingWeights(FileNotFoundError):
+    """A toy-world weights file is not there; the message says which script makes it."""
+
+
+def vae_config(scaling_factor: float = 0.5) -> dict:
+    """A 3-level (4x) VAE: 64x64 images to 16x16x4 latents."""
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64),
+        latent_channels=4,
+        norm_num_groups=16,
+        layers_per_block=1,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+    )
+
+
+def unet_config() -> dict:
+    """A small UNet with cross-attention at 16x16, 8x8 and (mid block) 4x4."""
+    return dict(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+
+
+def text_config() -> CLIPTextConfig:
+    """A 4-layer CLIP text encoder of width 64 over the SD1.5 vocabulary."""
+    return small_clip_text_config(build_clip_tokenizer(), TEXT_DIM, intermediate=256, layers=4)
+
+
+def scheduler() -> DDIMScheduler:
+    """DDIM with the SD1.x noise schedule (the toy world is trained on it)."""
+    return DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        clip_sample=False, set_alpha_to_one=False,
+    )
+
+
+def weights_path(name: str, folder: Path | None = None) -> Path:
+    """``<folder>/<name>.safetensors``, by default in the committed weights folder."""
+    return (folder or WEIGHTS_DIR) / f"{name}.safetensors"
+
+
+def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a module's state dict as fp16 safetensors, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in module.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata=metadata or {})
+    tmp.replace(path)
+
+
+def load_weights(module: nn.Module, path: Path, script: str) -> nn.Module:
+    """Load fp16 safetensors into ``module`` as fp32; a missing file names the script that makes it."""
+    if not path.is_file():
+        raise MissingWeights(f"toy-world weights '{path}' are missing; expected the output of `{script}`")
+    state = {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
+    module.load_state_dict(state)
+    return module
+
+
+def build_vae(scaling_factor: float = 0.5) -> AutoencoderKL:
+    """An untrained toy VAE."""
+    return AutoencoderKL(**vae_config(scaling_factor))
+
+
+def build_unet() -> UNet2DConditionModel:
+    """An untrained toy UNet."""
+    return UNet2DConditionModel(**unet_config())
+
+
+def build_text_encoder() -> CLIPTextModel:
+    """An untrained toy text encoder."""
+    return CLIPTextModel(text_config())
+
+
+def load_vae(folder: Path | None = None) -> AutoencoderKL:
+    """The trained VAE (its scaling factor is stored in the file's metadata)."""
+    path = weights_path("vae", folder)
+    if not path.is_file():
+        raise MissingWeights(f"toy-world weights '{path}' are missing; expected the output of "
+                             "`python -m toyworld.train vae`")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        scaling = float((handle.metadata() or {}).get("scaling_factor", "0.5"))
+    return load_weights(build_vae(scaling), path, "python -m toyworld.train vae")
+
+
+def load_toy_pipeline(folder: Path | None = None) -> StableDiffusionPipeline:
+    """The trained toy world as a plain diffusers ``StableDiffusionPipeline`` (DDIM, fp32)."""
+    script = "python -m toyworld.train base"
+    unet = load_weights(build_unet(), weights_path("unet", folder), script)
+    text_encoder = load_weights(build_text_encoder(), weights_path("text_encoder", folder), script)
+    return StableDiffusionPipeline(
+        vae=load_vae(folder).eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=build_clip_tokenizer(),
+        unet=unet.eval(),
+        scheduler=scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

@@ -1,0 +1,1 @@
+"""Training scripts of the toy world (run with ``python -m toyworld.train STAGE``)."""
