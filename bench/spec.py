@@ -44,6 +44,8 @@ class Concept:
     references: str
     masks: str | None = None
     background: bool = False
+    # What a per-box classifier should see for this concept, e.g. {shape: circle, colour: red, texture: striped}
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def token_list(self) -> tuple[str, ...]:
@@ -95,6 +97,20 @@ class Benchmark:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """How a dataset wants its images scored; every field optional, paths as written in the spec."""
+
+    clip_model: str | None = None
+    clip_weights: str | None = None
+    classifier: str | None = None
+
+    @property
+    def is_set(self) -> bool:
+        """True when any field is given."""
+        return any(v is not None for v in (self.clip_model, self.clip_weights, self.classifier))
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """A whole spec file: concepts, scenes, benchmarks and where its assets live."""
 
@@ -107,16 +123,23 @@ class DatasetSpec:
     benchmarks: Mapping[str, Benchmark]
     description: str = ""
     loss_level: int | None = None
+    evaluation: Evaluation = field(default_factory=Evaluation)
 
     def spec_hash(self) -> str:
-        """A stable hash of the spec's content (not its location)."""
-        payload = {
+        """A stable hash of the spec's content (not its location).
+
+        Optional fields added later (concept attributes, ``evaluation``) enter the hash only when set,
+        so the hashes of specs that do not use them stay what they were.
+        """
+        payload: dict[str, Any] = {
             "name": self.name,
             "base_models": dict(self.base_models),
-            "concepts": {k: asdict(v) for k, v in self.concepts.items()},
+            "concepts": {k: _concept_to_plain(v) for k, v in self.concepts.items()},
             "scenes": {k: _scene_to_plain(v) for k, v in self.scenes.items()},
             "benchmarks": {k: asdict(v) for k, v in self.benchmarks.items()},
         }
+        if self.evaluation.is_set:
+            payload["evaluation"] = {k: v for k, v in asdict(self.evaluation).items() if v is not None}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
     def scene_concepts(self, scene: Scene) -> list[str]:
@@ -130,6 +153,22 @@ class DatasetSpec:
             if concept.background and all(tok in scene.prompt for tok in concept.token_list):
                 return concept
         return None
+
+    def resolve_ref(self, value: str) -> str:
+        """A path of the spec (``evaluation.clip_weights``, ...): ``builtin:`` refs and absolute paths as they
+        are, anything else relative to the spec file's folder."""
+        if value.startswith("builtin:") or Path(value).is_absolute():
+            return value
+        return str(self.path.parent / value)
+
+
+def _concept_to_plain(concept: Concept) -> dict[str, Any]:
+    plain = asdict(concept)
+    if not plain["attributes"]:
+        del plain["attributes"]
+    else:
+        plain["attributes"] = dict(plain["attributes"])
+    return plain
 
 
 def _scene_to_plain(scene: Scene) -> dict[str, Any]:
@@ -239,7 +278,7 @@ def load_spec(path: str | Path, size_multiple: int = 8) -> DatasetSpec:
         "",
         data,
         ("name", "description", "asset_root", "base_models", "concepts", "scenes", "benchmarks",
-         "loss_level"),
+         "loss_level", "evaluation"),
     )
     name = _check_id(file, "name", top.required("name"))
     base_models = _load_base_models(file, top.data.get("base_models") or {})
@@ -264,7 +303,25 @@ def load_spec(path: str | Path, size_multiple: int = 8) -> DatasetSpec:
         benchmarks=benchmarks,
         description=top.string("description", default="", required=False) or "",
         loss_level=loss_level,
+        evaluation=_load_evaluation(file, top.data.get("evaluation")),
     )
+
+
+def _load_evaluation(file: Path, raw: Any) -> Evaluation:
+    if raw is None:
+        return Evaluation()
+    f = _Fields(file, "evaluation", raw, ("clip_model", "clip_weights", "classifier"))
+    values = {}
+    for key, what in (
+        ("clip_model", "an open_clip model name or builtin:NAME (e.g. builtin:toy-clip)"),
+        ("clip_weights", "a CLIP weights file (relative to the spec's folder) or builtin:NAME"),
+        ("classifier", "a per-box classifier: builtin:toy-classifier or a .safetensors file"),
+    ):
+        value = f.data.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise SpecError(file, f.path(key), what, value)
+        values[key] = value
+    return Evaluation(**values)
 
 
 def _load_base_models(file: Path, raw: Any) -> dict[str, str]:
@@ -289,7 +346,7 @@ def _load_concepts(file: Path, raw: Any) -> dict[str, Concept]:
             file,
             f"concepts[{i}]",
             item,
-            ("id", "class_name", "style", "tokens", "lora", "references", "masks", "background"),
+            ("id", "class_name", "style", "tokens", "lora", "references", "masks", "background", "attributes"),
         )
         cid = _check_id(file, f.path("id"), f.required("id"))
         if cid in concepts:
@@ -310,8 +367,23 @@ def _load_concepts(file: Path, raw: Any) -> dict[str, Concept]:
             references=f.string("references") or "",
             masks=f.string("masks", required=False),
             background=f.boolean("background", False),
+            attributes=_load_attributes(file, f.path("attributes"), f.data.get("attributes")),
         )
     return concepts
+
+
+def _load_attributes(file: Path, where: str, raw: Any) -> dict[str, str]:
+    expected = "a mapping of attribute names to strings, e.g. {shape: circle, colour: red, texture: striped}"
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SpecError(file, where, expected, raw)
+    for key, value in raw.items():
+        if not isinstance(key, str) or not _ID_RE.match(key):
+            raise SpecError(file, where, "attribute names of letters, digits, '_', '-', '.', '+'", key)
+        if not isinstance(value, str) or not value.strip():
+            raise SpecError(file, _join(where, key), "a non-empty string", value)
+    return dict(raw)
 
 
 def _load_scenes(

@@ -41,7 +41,7 @@ class ScoreItem:
 class Metric(Protocol):
     """A ready metric: parameters fixed, models resolved through the score context."""
 
-    kind: str  # "I" (image alignment) or "T" (text alignment): which Table 1 column it feeds
+    kind: str  # "I" (image alignment), "T" (text alignment), "V" / "C" (vanishing / confusion rate): its Table 1 column
 
     def conventions(self, ctx: ScoreContext) -> dict[str, Any]:
         """The values of :data:`CONVENTION_FIELDS` (and any more) that define this score."""

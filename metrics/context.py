@@ -3,6 +3,9 @@
 Reference embeddings are computed once per (embedder, view) and cached on disk by the hash of the
 reference file (and its mask), so rescoring a run, or scoring another run of the same dataset with
 the same cache folder, never re-embeds a reference image.
+
+The CLIP model and weights not given explicitly come from the spec's ``evaluation`` section
+(:func:`clip_choice`), else ``builtin:tiny-clip``.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from PIL import Image
@@ -21,6 +24,9 @@ from bench.spec import Concept, DatasetSpec
 from bench.store import atomic_write_bytes
 from metrics.crops import reference_view
 from metrics.models import TINY_CLIP, TINY_DINO, ClipEmbedder, DinoEmbedder, file_hash
+
+if TYPE_CHECKING:
+    from metrics.box_concepts import LoadedClassifier
 
 
 class Embedder(Protocol):
@@ -45,6 +51,20 @@ class ReferenceSource(Protocol):
         ...
 
 
+def clip_choice(
+    spec: DatasetSpec, clip_model: str | None = None, clip_weights: str | Path | None = None
+) -> tuple[str, str | Path | None]:
+    """The (model, weights) to score with: explicit values first, then the spec's ``evaluation``, then tiny CLIP.
+
+    The spec's weights go with the spec's model: they are used only when no other model is asked for.
+    """
+    evaluation = spec.evaluation
+    model = clip_model or evaluation.clip_model or TINY_CLIP
+    if clip_weights is None and evaluation.clip_weights is not None and model == (evaluation.clip_model or TINY_CLIP):
+        clip_weights = spec.resolve_ref(evaluation.clip_weights)
+    return model, clip_weights
+
+
 class ScoreContext:
     """Shared resources of one scoring pass; embedders load lazily, once."""
 
@@ -53,7 +73,7 @@ class ScoreContext:
         spec: DatasetSpec,
         references: ReferenceSource,
         *,
-        clip_model: str = TINY_CLIP,
+        clip_model: str | None = None,
         clip_weights: str | Path | None = None,
         dino_model: str | Path = TINY_DINO,
         device: str = "cpu",
@@ -61,7 +81,8 @@ class ScoreContext:
     ):
         self.spec = spec
         self.references = references
-        self.clip_model, self.clip_weights, self.dino_model = clip_model, clip_weights, dino_model
+        self.clip_model, self.clip_weights = clip_choice(spec, clip_model, clip_weights)
+        self.dino_model = dino_model
         self.device = device
         self.cache_dir = cache_dir
         self._embedders: dict[str, Any] = {}
@@ -79,6 +100,14 @@ class ScoreContext:
         if "dino" not in self._embedders:
             self._embedders["dino"] = DinoEmbedder(self.dino_model, device=self.device)
         return self._embedders["dino"]
+
+    def classifier(self) -> LoadedClassifier:
+        """The spec's per-box classifier (``evaluation.classifier``), loaded on first use."""
+        if "classifier" not in self._embedders:
+            from metrics import box_concepts
+
+            self._embedders["classifier"] = box_concepts.load_box_classifier(self.spec)
+        return self._embedders["classifier"]
 
     def concept(self, concept_id: str) -> Concept:
         """The spec's concept by id."""

@@ -1,8 +1,9 @@
 """Embedding models behind one small interface: open_clip CLIP and a DINOv2 ViT, local weights only.
 
 ``builtin:tiny-clip`` and ``builtin:tiny-dino`` are random-weight models with a fixed seed, for tests
-and the offline demo. Every embedder has a ``fingerprint`` (model, weights hash, preprocessing) that
-score rows and the reference-embedding cache are keyed by.
+and the offline demo; ``builtin:toy-clip`` is the toy world's trained CLIP (``toyworld/``). Every
+embedder has a ``fingerprint`` (model, weights hash, preprocessing) that score rows and the
+reference-embedding cache are keyed by.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from PIL import Image
 
 TINY_CLIP = "builtin:tiny-clip"
 TINY_DINO = "builtin:tiny-dino"
+TOY_CLIP = "builtin:toy-clip"
+TOY_CLIP_SCRIPT = "python -m toyworld.train clip"
 _TINY_CLIP_CONFIG = Path(__file__).with_name("bench_tiny_clip.json")
 _TINY_CLIP_NAME = _TINY_CLIP_CONFIG.stem  # open_clip names a registered config by its file stem
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,6 +40,21 @@ def _seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
         return build()
 
 
+def toy_clip_files() -> tuple[Path, Path]:
+    """The toy CLIP's open_clip config (registered under its file stem) and its default weights file."""
+    import toyworld
+
+    folder = Path(toyworld.__file__).parent
+    return folder / "lcbench_toy_clip.json", folder / "weights" / "clip.safetensors"
+
+
+def _load_toy_clip_state(net: torch.nn.Module, path: Path) -> None:
+    """Load an fp16 safetensors open_clip state dict into ``net`` as float32."""
+    from safetensors.torch import load_file
+
+    net.load_state_dict({k: v.to(torch.float32) for k, v in load_file(str(path)).items()})
+
+
 class ClipEmbedder:
     """An open_clip model with its evaluation transform and tokenizer; outputs L2-normalised embeddings."""
 
@@ -44,9 +62,23 @@ class ClipEmbedder:
         import open_clip
 
         name = model
+        state_file: Path | None = None  # weights loaded here rather than by open_clip (toy CLIP)
         if model == TINY_CLIP:
             open_clip.add_model_config(_TINY_CLIP_CONFIG)
             name = _TINY_CLIP_NAME
+        elif model == TOY_CLIP:
+            config, default_weights = toy_clip_files()
+            if not config.is_file():
+                raise FileNotFoundError(f"CLIP model '{TOY_CLIP}': expected its open_clip config at '{config}'")
+            open_clip.add_model_config(config)
+            name = config.stem
+            state_file = Path(weights) if weights is not None else default_weights
+            weights = None  # open_clip builds the model only; the state dict is loaded below
+            if not state_file.is_file():
+                raise FileNotFoundError(
+                    f"CLIP weights '{state_file}' of '{TOY_CLIP}' are missing; expected the output of "
+                    f"`{TOY_CLIP_SCRIPT}` (an open_clip state dict in safetensors)"
+                )
         if weights is not None and not Path(weights).is_file():
             raise FileNotFoundError(
                 f"CLIP weights '{weights}': expected a local .pt/.bin/.safetensors file for open_clip model '{model}'"
@@ -61,8 +93,11 @@ class ClipEmbedder:
         except RuntimeError as err:
             raise ValueError(
                 f"CLIP model '{model}': expected an open_clip model name such as 'ViT-B-32-quickgelu' "
-                f"(see open_clip.list_models()) or '{TINY_CLIP}'"
+                f"(see open_clip.list_models()), '{TINY_CLIP}' or '{TOY_CLIP}'"
             ) from err
+        if state_file is not None:
+            _load_toy_clip_state(net, state_file)
+            weights = state_file
         self.model = net.eval().to(device)
         self.preprocess: Callable[[Image.Image], torch.Tensor] = preprocess
         self.tokenizer = open_clip.get_tokenizer(name)

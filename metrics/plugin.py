@@ -1,7 +1,8 @@
 """The built-in metrics, registered through the same hook as third-party ones.
 
 Names say what they compute; ``@official`` variants reproduce the Mix-of-Show / LoRA-Composer
-evaluation scripts (anchors.md §0.1, §1.2) so that published numbers can be checked.
+evaluation scripts (anchors.md §0.1, §1.2) so that published numbers can be checked. ``vanishing`` and
+``confusion`` need a per-box classifier named by the dataset (``evaluation.classifier``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from bench.hookspecs import hookimpl
 from metrics.api import MetricSpec
+from metrics.box_concepts import BoxConceptMetric
 from metrics.similarity import ImageSimilarity, TextAlignment
 
 OFFICIAL_PREFIX = "A photo depicts "
@@ -25,7 +27,7 @@ def _text(name: str) -> Any:
 
 
 def builtin_metrics() -> list[MetricSpec]:
-    """CLIP-I, CLIP-T (default and official variants) and DINO."""
+    """CLIP-I, CLIP-T (default and official variants), DINO, vanishing and confusion."""
     image_defaults: Mapping[str, Any] = {
         "crop_mode": "pad_square",
         "pairing": "all_pairs",
@@ -80,6 +82,18 @@ def builtin_metrics() -> list[MetricSpec]:
             "mean over all pairs (as CustomConcept101 / DreamBench report DINO)",
             _image("dino", "dino"),
             {"crop_mode": "center_crop", "pairing": "all_pairs", "scale": 1.0, "clip0": False},
+        ),
+        MetricSpec(
+            "vanishing",
+            "concept vanishing: 1 per box whose classifier reading is empty or has a shape/colour other than "
+            "the concept's attributes, else 0 (needs the dataset's evaluation.classifier)",
+            lambda params: BoxConceptMetric("vanishing", "vanishing"),
+        ),
+        MetricSpec(
+            "confusion",
+            "concept confusion: 1 per box that shows a shape/colour of another concept of the scene which "
+            "the box's own concept does not share, else 0 (needs the dataset's evaluation.classifier)",
+            lambda params: BoxConceptMetric("confusion", "confusion"),
         ),
     ]
 

@@ -20,15 +20,22 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from bench.spec import load_spec
+from bench.spec import DatasetSpec, load_spec
 from bench.store import ItemRecord, RunStore, atomic_write_json
 from metrics.api import Metric, MetricSpec, ScoreItem
 from metrics.context import ReferenceSource, ScoreContext
-from metrics.models import TINY_CLIP, TINY_DINO
+from metrics.models import TINY_DINO
 
 SCORES = "scores"
 CONVENTIONS = "conventions.json"
 DEFAULT_METRICS = ("clip_i", "clip_t", "clip_i@official", "clip_t@official")
+CLASSIFIER_METRICS = ("vanishing", "confusion")  # added to the defaults when the spec names a classifier
+
+
+def default_metrics(spec: DatasetSpec) -> tuple[str, ...]:
+    """The metrics ``bench score`` computes when none are named: the CLIP four, plus the box-classifier
+    metrics when the spec's ``evaluation.classifier`` is set."""
+    return DEFAULT_METRICS + (CLASSIFIER_METRICS if spec.evaluation.classifier is not None else ())
 
 
 class ScoreError(RuntimeError):
@@ -71,7 +78,7 @@ def score_run(
     metric_names: Sequence[str] | None = None,
     *,
     params: Mapping[str, Mapping[str, Any]] | None = None,
-    clip_model: str = TINY_CLIP,
+    clip_model: str | None = None,
     clip_weights: str | Path | None = None,
     dino_model: str | Path = TINY_DINO,
     device: str = "cpu",
@@ -84,6 +91,8 @@ def score_run(
     """Score the run's finished images with each metric; return the scores folder (``RUN/scores``).
 
     ``params`` maps a metric name to parameter overrides (e.g. ``{"clip_i": {"crop_mode": "mask_grey"}}``).
+    ``metric_names`` defaults to :func:`default_metrics` of the run's spec; ``clip_model`` / ``clip_weights``
+    default to the spec's ``evaluation`` section, else ``builtin:tiny-clip``.
     ``references`` defaults to ``bench.assets.AssetResolver`` on the manifest's dataset.
     """
     store = RunStore(run_dir)
@@ -113,7 +122,7 @@ def score_run(
     records = [r for r in store.records() if r.ok and r.image is not None]
     # 1. Resolve every metric and check its conventions against scores already on disk.
     plans: list[tuple[Metric, Path, set[str]]] = []
-    for name in metric_names or DEFAULT_METRICS:
+    for name in metric_names or default_metrics(spec):
         if name not in metrics:
             raise ScoreError(f"metric '{name}': expected one of {sorted(metrics)}")
         mspec = metrics[name]

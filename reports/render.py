@@ -60,6 +60,20 @@ def _write_table(out: Path, name: str, table: pd.DataFrame, formats: Sequence[st
     return written
 
 
+def _rate_note(attrs: Mapping[str, Any]) -> list[str]:
+    """The sentence explaining the Vanish-pct / Confuse-pct columns, when Table 1 has them."""
+    shown = [(label, attrs[key]) for label, key in (("Vanish-pct", "v_metric"), ("Confuse-pct", "c_metric"))
+             if attrs.get(key)]
+    if not shown:
+        return []
+    names = ", ".join(f"`{label}` from `{metric}`" for label, metric in shown)
+    return [
+        "",
+        f"Rates in percent (0-100) of the checked boxes, aggregated the same way: {names} (each box 0 or 1, "
+        "read by the dataset's per-box classifier; lower is better). Per-scene columns `*-pct` are percent too.",
+    ]
+
+
 def write_report(
     run_dirs: Sequence[str | Path],
     out_dir: str | Path,
@@ -82,7 +96,8 @@ def write_report(
     if df.empty:
         raise ValueError(f"{', '.join(map(str, run_dirs))}: no scored items; run `bench score` first")
     t1 = table1(df, i_metric, t_metric)
-    t2 = table2(df, variants, t1.attrs["i_metric"], t1.attrs["t_metric"])
+    t2 = table2(df, variants, t1.attrs["i_metric"], t1.attrs["t_metric"], v_metric=t1.attrs["v_metric"],
+                c_metric=t1.attrs["c_metric"])
     scenes = per_scene(df)
     conventions = conventions_table(df.attrs["conventions"])
     lines = [
@@ -98,6 +113,7 @@ def write_report(
         f"Table 1 and Table 2 use `{t1.attrs['i_metric']}` (I) and `{t1.attrs['t_metric']}` (T). "
         "Aggregation: regions (and the background on the whole image) -> image mean -> "
         "scene mean over seeds -> style mean; Mean-* averages the styles present.",
+        *_rate_note(t1.attrs),
         "",
         "## Table 1",
         "",

@@ -3,6 +3,11 @@
 Aggregation, the same for every table: the rows of one image (its regions, plus the background on
 the whole image) are averaged into an image score; image scores are averaged per scene (over seeds
 and runs); scene means are averaged per style. ``Mean-*`` is the average of the style columns present.
+
+Rate metrics (kind ``V`` = concept vanishing, ``C`` = concept confusion: one 0/1 row per box) go
+through the same aggregation and are shown as percentages (0-100): Table 1 and Table 2 get the
+columns ``Vanish-pct`` and ``Confuse-pct`` (the average over the styles present) when such scores
+exist, and the per-scene table names them ``<metric>-pct``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import pandas as pd
 
 STYLES = (("anime", "Anime"), ("real", "Real"))
 TABLE1_COLUMNS = ("Anime-I", "Anime-T", "Real-I", "Real-T", "Mean-I", "Mean-T")
+# Rate kinds -> (Table 1 column, the metric preferred when several of that kind were scored)
+RATE_COLUMNS: Mapping[str, tuple[str, str]] = {"V": ("Vanish-pct", "vanishing"), "C": ("Confuse-pct", "confusion")}
 # Table 2 labels -> method names (or store keys) of the LoRA-Composer ablation; a parameter everywhere.
 DEFAULT_ABLATION: Mapping[str, str] = {
     "CE+CI+LR": "lora-composer",
@@ -64,14 +71,52 @@ def default_metric_pair(df: pd.DataFrame) -> tuple[str, str]:
     return i_keys[0], t_keys[0]
 
 
-def table1(df: pd.DataFrame, i_metric: str | None = None, t_metric: str | None = None) -> pd.DataFrame:
-    """Per method: Anime-I, Anime-T, Real-I, Real-T, Mean-I, Mean-T (absent styles are left out)."""
+def _metric_kinds(df: pd.DataFrame) -> dict[str, str]:
+    return df.drop_duplicates("metric").set_index("metric")["kind"].to_dict()
+
+
+def default_rate_metric(df: pd.DataFrame, kind: str) -> str | None:
+    """The metric key of a rate kind ('V' or 'C') Table 1 shows: the built-in name if scored, else the
+    first key of that kind, else None."""
+    kinds = _metric_kinds(df)
+    preferred = RATE_COLUMNS[kind][1]
+    if kinds.get(preferred) == kind:
+        return preferred
+    keys = sorted(m for m, k in kinds.items() if k == kind)
+    return keys[0] if keys else None
+
+
+def rate_columns(df: pd.DataFrame, metrics: Mapping[str, str | None]) -> dict[str, pd.Series]:
+    """Per method, in percent: each rate kind's metric aggregated like Mean-* (styles present averaged)."""
+    columns = {}
+    for kind, (label, _) in RATE_COLUMNS.items():
+        metric = metrics.get(kind)
+        if metric is not None:
+            per_style = scene_means(df, metric).groupby(["method", "style"])["value"].mean().unstack("style")
+            columns[label] = 100.0 * per_style.mean(axis=1)
+    return columns
+
+
+def table1(
+    df: pd.DataFrame,
+    i_metric: str | None = None,
+    t_metric: str | None = None,
+    *,
+    v_metric: str | None = None,
+    c_metric: str | None = None,
+) -> pd.DataFrame:
+    """Per method: Anime-I, Anime-T, Real-I, Real-T, Mean-I, Mean-T (absent styles are left out), then
+    Vanish-pct and Confuse-pct when vanishing / confusion scores exist (``v_metric`` / ``c_metric`` pick others).
+    """
     if i_metric is None or t_metric is None:
         i_default, t_default = default_metric_pair(df)
         i_metric, t_metric = i_metric or i_default, t_metric or t_default
+    rates = {"V": v_metric or default_rate_metric(df, "V"), "C": c_metric or default_rate_metric(df, "C")}
     table = _style_table(df, i_metric, t_metric)
+    for label, column in rate_columns(df, rates).items():
+        table[label] = column
     table.index.name = "method"
-    table.attrs.update(i_metric=i_metric, t_metric=t_metric)
+    table.attrs.update(i_metric=i_metric, t_metric=t_metric, v_metric=rates["V"], c_metric=rates["C"])
     return table
 
 
@@ -80,10 +125,16 @@ def table2(
     variants: Mapping[str, str] | None = None,
     i_metric: str | None = None,
     t_metric: str | None = None,
+    *,
+    v_metric: str | None = None,
+    c_metric: str | None = None,
 ) -> pd.DataFrame:
-    """The ablation table: one row per variant label whose method (name or store key) was scored."""
+    """The ablation table: one row per variant label whose method (name or store key) was scored.
+
+    Columns as Table 1's, rate columns included when those scores exist.
+    """
     variants = DEFAULT_ABLATION if variants is None else variants
-    full = table1(df, i_metric, t_metric)
+    full = table1(df, i_metric, t_metric, v_metric=v_metric, c_metric=c_metric)
     names = df.drop_duplicates("method").set_index("method")["method_name"]
     rows = {}
     for label, wanted in variants.items():
@@ -97,7 +148,14 @@ def table2(
 
 
 def per_scene(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
-    """Rows (style, scene, method), one column per metric: the mean over that scene's images."""
+    """Rows (style, scene, method), one column per metric: the mean over that scene's images.
+
+    Rate metrics (kinds V, C) are shown in percent, in a column named ``<metric>-pct``.
+    """
     metrics = metrics or sorted(df["metric"].unique())
-    parts = [scene_means(df, m).set_index(["style", "scene", "method"])["value"].rename(m) for m in metrics]
+    kinds = _metric_kinds(df)
+    parts = []
+    for m in metrics:
+        means = scene_means(df, m).set_index(["style", "scene", "method"])["value"]
+        parts.append(100.0 * means.rename(f"{m}-pct") if kinds.get(m) in RATE_COLUMNS else means.rename(m))
     return pd.concat(parts, axis=1).sort_index()

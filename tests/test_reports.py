@@ -28,19 +28,24 @@ VALUES = {
     },
 }
 NAMES = {"lora-composer": "lora-composer", "lc-nolr": "lora-composer@1a2b3c4d"}
+# 0/1 rows of the box-classifier metrics (kinds V and C), same layout
+RATES = {
+    "vanishing": {
+        "lora-composer": {"a1": [[1, 0], [0, 0]], "r1": [[1, 1, 0]], "r2": [[0], [1], [1]]},
+        "lc-nolr": {"a1": [[1, 1]], "r1": [[0, 0, 1]], "r2": [[1]]},
+    },
+    "confusion": {
+        "lora-composer": {"a1": [[0, 0], [0, 1]], "r1": [[0, 0, 0]], "r2": [[1], [0], [0]]},
+        "lc-nolr": {"a1": [[0, 1]], "r1": [[1, 1, 0]], "r2": [[0]]},
+    },
+}
 
 
-def _synthetic_run(root: Path) -> Path:
-    run = root / "synthetic"
-    store = RunStore(run)
-    store.write_manifest(
-        {"dataset": {"name": "syn", "path": "/nonexistent.yaml"},
-         "methods": {k: {"name": NAMES[k], "params": {}, "description": ""} for k in NAMES}}
-    )  # fmt: skip
-    for metric, by_method in VALUES.items():
+def _write_scores(run: Path, values: dict, kinds: dict[str, str]) -> None:
+    for metric, by_method in values.items():
         atomic_write_json(
             run / "scores" / metric / "conventions.json",
-            {"metric": metric, "kind": metric[-1].upper(), "model": "m", "weights": "w", "scale": 1.0,
+            {"metric": metric, "kind": kinds[metric], "model": "m", "weights": "w", "scale": 1.0,
              "crop_mode": "pad_square", "prefix": "", "pairing": "all_pairs", "clip0": False,
              "preprocess": "p", "text": None},
         )  # fmt: skip
@@ -53,11 +58,23 @@ def _synthetic_run(root: Path) -> Path:
                         {"method": method, "scene": scene, "index": index, "seed": index,
                          "style": STYLE[scene], "rows": rows},
                     )  # fmt: skip
+
+
+def _synthetic_run(root: Path, rates: bool = False) -> Path:
+    run = root / "synthetic"
+    store = RunStore(run)
+    store.write_manifest(
+        {"dataset": {"name": "syn", "path": "/nonexistent.yaml"},
+         "methods": {k: {"name": NAMES[k], "params": {}, "description": ""} for k in NAMES}}
+    )  # fmt: skip
+    _write_scores(run, VALUES, {"clip_i": "I", "clip_t": "T"})
+    if rates:
+        _write_scores(run, RATES, {"vanishing": "V", "confusion": "C"})
     return run
 
 
 def _hand(metric: str, method: str) -> dict[str, float]:
-    scenes = VALUES[metric][method]
+    scenes = {**VALUES, **RATES}[metric][method]
     scene_mean = {s: np.mean([np.mean(regions) for regions in seeds]) for s, seeds in scenes.items()}
     anime = np.mean([v for s, v in scene_mean.items() if STYLE[s] == "anime"])
     real = np.mean([v for s, v in scene_mean.items() if STYLE[s] == "real"])
@@ -89,6 +106,27 @@ def test_table2_maps_variants_by_method_name_or_key(tmp_path: Path) -> None:
     assert list(default.index) == ["CE+CI+LR"]
 
 
+def test_rate_columns_in_table1_table2_and_per_scene(tmp_path: Path) -> None:
+    df = load_scores([_synthetic_run(tmp_path, rates=True)])
+    table = table1(df)
+    assert list(table.columns) == ["Anime-I", "Anime-T", "Real-I", "Real-T", "Mean-I", "Mean-T", "Vanish-pct",
+                                   "Confuse-pct"]  # fmt: skip
+    assert table.attrs["v_metric"] == "vanishing" and table.attrs["c_metric"] == "confusion"
+    for method in NAMES:
+        assert table.loc[method, "Vanish-pct"] == pytest.approx(100 * _hand("vanishing", method)["mean"])
+        assert table.loc[method, "Confuse-pct"] == pytest.approx(100 * _hand("confusion", method)["mean"])
+        assert table.loc[method, "Mean-I"] == pytest.approx(_hand("clip_i", method)["mean"])
+    # lora-composer vanishing by hand: anime a1 (0.5 + 0) / 2; real (2/3 + 2/3) / 2; mean of the two, in percent
+    assert table.loc["lora-composer", "Vanish-pct"] == pytest.approx(100 * (0.25 + 2 / 3) / 2)
+    ablation = table2(df, {"CE+CI": "lora-composer@1a2b3c4d"})
+    assert ablation.loc["CE+CI", "Confuse-pct"] == pytest.approx(100 * _hand("confusion", "lc-nolr")["mean"])
+    scenes = per_scene(df)
+    assert {"vanishing-pct", "confusion-pct", "clip_i"} <= set(scenes.columns) and "vanishing" not in scenes
+    assert scenes.loc[("real", "r1", "lc-nolr"), "confusion-pct"] == pytest.approx(100 * 2 / 3)
+    # scores without rate metrics keep the old table (checked exactly in test_table1_equals_hand_aggregation)
+    assert "Vanish-pct" not in table1(load_scores([_synthetic_run(tmp_path / "plain")]))
+
+
 def test_per_scene_breakdown(tmp_path: Path) -> None:
     table = per_scene(load_scores([_synthetic_run(tmp_path)]))
     assert table.loc[("real", "r2", "lora-composer"), "clip_i"] == pytest.approx(0.3)
@@ -107,8 +145,22 @@ def test_write_report_end_to_end(tmp_path: Path) -> None:
         assert (index.parent / name).is_file(), name
     csv = (index.parent / "tables/table1.csv").read_text().splitlines()
     assert csv[0] == "method,Anime-I,Anime-T,Real-I,Real-T,Mean-I,Mean-T" and len(csv) == 3
+    assert "Vanish-pct" not in text
     with pytest.raises(ValueError, match="--format"):
         write_report([run], tmp_path / "r2", formats=("html",))
+
+    # box-classifier scores (written by hand: 0/1 per region) add two percent columns and their note
+    for metric, kind, value in (("vanishing", "V", 1.0), ("confusion", "C", 0.0)):
+        atomic_write_json(run / "scores" / metric / "conventions.json",
+                          {"metric": metric, "kind": kind, "model": "builtin:toy-classifier", "weights": "sha256:x"})
+        for path in (run / "scores" / "clip_i" / "items").glob("*/*/*.json"):
+            item = json.loads(path.read_text())
+            item["rows"] = [dict(r, value=value) for r in item["rows"] if r["region"] >= 0]
+            atomic_write_json(run / "scores" / metric / path.relative_to(run / "scores" / "clip_i"), item)
+    text = write_report([run], tmp_path / "report3", formats=("md", "latex")).read_text()
+    assert "| method | Anime-I | Anime-T | Real-I | Real-T | Mean-I | Mean-T | Vanish-pct | Confuse-pct |" in text
+    assert "| m1 |" in text and "| 100.0000 | 0.0000 |" in text
+    assert "`Vanish-pct` from `vanishing`" in text and "builtin:toy-classifier" in text
 
 
 def test_image_grid_draws_boxes(tmp_path: Path) -> None:
