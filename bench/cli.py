@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ from bench.assets import AssetResolver, format_missing, missing_assets
 from bench.catalog import DatasetSource
 from bench.methods import MethodSpec
 from bench.plugins import get_plugin_manager, registered_datasets, registered_methods, registered_metrics
-from bench.spec import DatasetSpec, load_spec
+from bench.spec import Benchmark, DatasetSpec, load_spec
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -68,6 +71,23 @@ def select_methods(pm: Any, names: str, params: dict[str, dict[str, str]]) -> li
         raise CliError(f"--param: {err}") from err
 
 
+def select_scenes(
+    spec: DatasetSpec, benchmark_id: str | None, scenes_arg: str | None, seeds_arg: int | None
+) -> tuple[Benchmark | None, list[str], int, str]:
+    """(benchmark, scene ids, seeds per scene, seed scheme) from --benchmark/--scenes/--seeds and the spec."""
+    benchmark = spec.benchmarks.get(benchmark_id) if benchmark_id else spec.benchmarks.get("default")
+    if benchmark_id and benchmark is None:
+        raise CliError(f"--benchmark: '{benchmark_id}' is not in {spec.path}; expected one of "
+                       f"{sorted(spec.benchmarks)}")
+    scenes = _split(scenes_arg) or (list(benchmark.scenes) if benchmark else list(spec.scenes))
+    for scene in scenes:
+        if scene not in spec.scenes:
+            raise CliError(f"--scenes: unknown scene '{scene}' in {spec.path}; expected one of {sorted(spec.scenes)}")
+    seeds = seeds_arg or (benchmark.seeds if benchmark else 1)
+    scheme = benchmark.seed_scheme if benchmark else "paper"
+    return benchmark, scenes, seeds, scheme
+
+
 def positive_int(value: str) -> int:
     """An argparse type: an integer >= 1."""
     try:
@@ -102,16 +122,7 @@ def cmd_run(args: argparse.Namespace, pm: Any) -> int:
     from bench.runner import RunError, run_benchmark
 
     spec = resolve_dataset(pm, args.dataset)
-    benchmark = spec.benchmarks.get(args.benchmark) if args.benchmark else spec.benchmarks.get("default")
-    if args.benchmark and benchmark is None:
-        raise CliError(f"--benchmark: '{args.benchmark}' is not in {spec.path}; expected one of "
-                       f"{sorted(spec.benchmarks)}")
-    scenes = _split(args.scenes) or (list(benchmark.scenes) if benchmark else list(spec.scenes))
-    for scene in scenes:
-        if scene not in spec.scenes:
-            raise CliError(f"--scenes: unknown scene '{scene}' in {spec.path}; expected one of {sorted(spec.scenes)}")
-    seeds = args.seeds or (benchmark.seeds if benchmark else 1)
-    scheme = benchmark.seed_scheme if benchmark else "paper"
+    benchmark, scenes, seeds, scheme = select_scenes(spec, args.benchmark, args.scenes, args.seeds)
     methods = select_methods(pm, args.methods, parse_params(args.param))
     if not methods:
         raise CliError("--methods: no method selected")
@@ -255,6 +266,93 @@ def cmd_cones2_train(args: argparse.Namespace, pm: Any) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _work_dir(work: str | None, prefix: str) -> Iterator[Path]:
+    """``--work`` when given (kept, resumable), else a temporary folder deleted afterwards."""
+    if work:
+        yield Path(work)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp) / "run"
+
+
+def _check_metrics(pm: Any, names: Sequence[str], params: dict[str, dict[str, str]]) -> None:
+    metrics = registered_metrics(pm)
+    for name in [*names, *params]:
+        if name not in metrics:
+            raise CliError(f"--metrics: unknown metric '{name}'; expected one of {sorted(metrics)}")
+    for name in params:
+        if name not in names:
+            raise CliError(f"--metric-param: metric '{name}' is not in --metrics {list(names)}")
+
+
+def cmd_reference_create(args: argparse.Namespace, pm: Any) -> int:
+    """bench reference create: measure reference scores with seed-spread bands for ``bench check``."""
+    from bench.regression import Measurement, create_reference, format_check, reference_rows, write_reference
+    from metrics.scoring import default_metrics
+
+    started = time.perf_counter()
+    spec = resolve_dataset(pm, args.dataset)
+    benchmark, scenes, seeds, scheme = select_scenes(spec, args.benchmark, args.scenes, args.seeds)
+    methods = select_methods(pm, args.methods, parse_params(args.param))
+    if not methods:
+        raise CliError("--methods: no method selected")
+    metrics = _split(args.metrics) or list(default_metrics(spec))
+    metric_params = parse_params(args.metric_param)
+    _check_metrics(pm, metrics, metric_params)
+    if args.replicates < 2:
+        raise CliError(f"--replicates: expected an integer >= 2 (a spread needs two replicates), got {args.replicates}")
+    out = Path(args.out)
+    measurement = Measurement(
+        spec, AssetResolver(spec, args.assets), methods, scenes, seeds, scheme, benchmark.id if benchmark else None,
+        metrics, metric_params,
+        {"clip_model": args.clip_model, "clip_weights": args.clip_weights, "dino_model": args.dino_model},
+        args.device,
+    )
+    with _work_dir(args.work, "lcbench-reference-") as work:
+        reference = create_reference(measurement, args.name or out.stem, args.dataset, args.replicates, work,
+                                     registered_metrics(pm), k=args.k, floor=args.floor, quiet=args.quiet)
+    write_reference(out, reference)
+    print(format_check(reference_rows(reference)))
+    print(f"reference written to {out} ({len(methods)} method(s) x {len(metrics)} metric(s), {args.replicates} "
+          f"replicates of {seeds} seed(s) x {len(scenes)} scene(s); took {time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, pm: Any) -> int:
+    """bench check: rerun a reference's first replicate and fail when a score leaves its band."""
+    from bench.regression import check_reference, format_check, load_reference
+
+    started = time.perf_counter()
+    reference = load_reference(args.reference)
+    try:
+        spec = resolve_dataset(pm, reference["dataset"])
+    except CliError as err:
+        raise CliError(f"{args.reference}: field 'dataset': {err}") from err
+    overrides = parse_params(args.param)
+    measured_on = reference["measured_on"]
+    print(f"reference '{reference['name']}' ({args.reference}): dataset {reference['dataset']}, scenes "
+          f"{','.join(reference['scenes'])}, {reference['seeds']} seed(s) per scene; measured on "
+          f"{measured_on.get('device')} (torch {measured_on.get('torch')}, git {measured_on.get('git')})")
+    if str(measured_on.get("device", "")).split(" ")[0] != args.device:
+        print(f"note: this check runs on {args.device}; values from another device may differ by more than the "
+              "seed spread the bands were measured with")
+    if overrides:
+        print("overrides on top of the reference: "
+              + ", ".join(f"{method}.{k}={v}" for method, params in overrides.items() for k, v in params.items()))
+    with _work_dir(args.work, "lcbench-check-") as work:
+        result = check_reference(
+            reference, args.reference, spec, AssetResolver(spec, args.assets), registered_methods(pm),
+            registered_metrics(pm), work, methods=_split(args.methods), overrides=overrides, device=args.device,
+            quiet=args.quiet,
+        )
+    print(format_check(result))
+    within = sum(row.ok for row in result.rows)
+    compared = f"{within} of {len(result.rows)} scores within their bands" if result.rows else "nothing compared"
+    print(f"check {'OK' if result.ok else 'FAIL'}: {compared}; wall time {time.perf_counter() - started:.1f} s")
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
@@ -265,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="generate images")
     run.add_argument("--methods", default="all", help="comma-separated method names, or 'all'")
-    run.add_argument("--dataset", default="tiny", help="registered dataset name or spec file")
+    run.add_argument("--dataset", default="toy", help="registered dataset name or spec file (default: toy)")
     run.add_argument("--benchmark", help="benchmark id of the spec (default: 'default' if present)")
     run.add_argument("--scenes", help="comma-separated scene ids (default: the benchmark's)")
     run.add_argument("--seeds", type=positive_int, help="seeds per scene (default: the benchmark's)")
@@ -290,10 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser("score", help="score a run (resumable)")
     score.add_argument("runs", nargs="+")
-    score.add_argument("--metrics", help="comma-separated metric names (default: the four CLIP metrics)")
+    score.add_argument("--metrics", help="comma-separated metric names (default: the four CLIP metrics, plus "
+                       "vanishing and confusion when the dataset's evaluation section names a classifier)")
     score.add_argument("--param", action="append", default=[], metavar="METRIC.KEY=VALUE")
-    score.add_argument("--clip-model", default="builtin:tiny-clip", help="open_clip model name")
-    score.add_argument("--clip-weights", help="local weights file of the CLIP model")
+    score.add_argument("--clip-model", help="open_clip model name, builtin:tiny-clip or builtin:toy-clip "
+                       "(default: the dataset's evaluation.clip_model, else builtin:tiny-clip)")
+    score.add_argument("--clip-weights", help="local weights file of the CLIP model (default: the dataset's "
+                       "evaluation.clip_weights when the model is the dataset's)")
     score.add_argument("--dino-model", default="builtin:tiny-dino", help="local DINOv2 folder")
     score.add_argument("--device", default="cpu")
     score.add_argument("--batch-size", type=positive_int, default=16)
@@ -325,6 +426,42 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("study")
     export.add_argument("--out", required=True)
     export.set_defaults(func=cmd_study_export)
+
+    ref = sub.add_parser("reference", help="reference scores for `bench check`").add_subparsers(
+        dest="reference_command", required=True)
+    rcreate = ref.add_parser("create", help="measure reference scores and their seed-spread bands")
+    rcreate.add_argument("--dataset", default="toy", help="registered dataset name or spec file (default: toy)")
+    rcreate.add_argument("--benchmark", help="benchmark id of the spec (default: 'default' if present)")
+    rcreate.add_argument("--methods", required=True, help="comma-separated method names")
+    rcreate.add_argument("--scenes", help="comma-separated scene ids (default: the benchmark's)")
+    rcreate.add_argument("--seeds", type=positive_int, help="seeds per scene that `bench check` reruns")
+    rcreate.add_argument("--replicates", type=positive_int, default=5,
+                         help="subsets of --seeds fresh seeds per scene measured for the spread (>= 2)")
+    rcreate.add_argument("--metrics", help="comma-separated metric names (default: as `bench score`)")
+    rcreate.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE")
+    rcreate.add_argument("--metric-param", action="append", default=[], metavar="METRIC.KEY=VALUE")
+    rcreate.add_argument("--clip-model", help="open_clip model name (default: the spec's evaluation.clip_model, "
+                         "else builtin:tiny-clip)")
+    rcreate.add_argument("--clip-weights", help="local weights file of the CLIP model")
+    rcreate.add_argument("--dino-model", default="builtin:tiny-dino", help="local DINOv2 folder")
+    rcreate.add_argument("--k", type=float, default=3.0, help="band half-width in seed-spread std units")
+    rcreate.add_argument("--floor", type=float, default=0.005, help="minimum band half-width")
+    rcreate.add_argument("--name", help="reference name (default: the --out file's stem)")
+    rcreate.add_argument("--out", required=True, help="reference file, e.g. reports/reference/<name>.json")
+    rcreate.add_argument("--work", help="run folder to keep (and resume); default: a temporary folder")
+    rcreate.add_argument("--assets", help="asset root of the dataset")
+    rcreate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    rcreate.set_defaults(func=cmd_reference_create)
+
+    check = sub.add_parser("check", help="rerun a reference's first replicate; exit 1 when a score leaves its band")
+    check.add_argument("--reference", required=True, help="reference file made by `bench reference create`")
+    check.add_argument("--methods", help="comma-separated subset of the reference's methods")
+    check.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                       help="override on top of the reference's parameters (repeatable)")
+    check.add_argument("--work", help="run folder to keep (and resume); default: a temporary folder")
+    check.add_argument("--assets", help="asset root of the dataset")
+    check.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    check.set_defaults(func=cmd_check)
 
     cones = sub.add_parser("cones2-train", help="train a concept's Cones2 residual text embedding")
     cones.add_argument("--dataset", default="tiny")
