@@ -9,6 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from bench.layers import cross_attention_layers
 from bench.lora.canonical import ConceptLora
 from bench.methods import check_finite
 from bench.seeds import initial_noise
@@ -25,8 +26,9 @@ def encode_pair(
 ) -> torch.Tensor:
     """``[2, layers, 77, D]`` (negative, positive), concept tokens bound per layer, through ``text_lora`` if given."""
     encoder = LayerwiseTextEncoder.from_pipeline(pipe)
-    positive = encoder.encode(prompt, concepts=concepts, text_lora=text_lora)
-    return torch.stack([encoder.encode(negative_prompt, text_lora=text_lora), positive])
+    layers = len(cross_attention_layers(pipe.unet))
+    positive = encoder.encode(prompt, concepts=concepts, text_lora=text_lora, num_layers=layers)
+    return torch.stack([encoder.encode(negative_prompt, text_lora=text_lora, num_layers=layers), positive])
 
 
 def sample_layerwise(
@@ -43,7 +45,9 @@ def sample_layerwise(
     embeddings = embeddings.to(device=device, dtype=pipe.unet.dtype)
     latents = initial_noise(seed, (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor,
                                    width // pipe.vae_scale_factor), dtype=pipe.unet.dtype).to(device)
-    with install_layerwise(pipe.unet, LayerwiseState(embeddings)):
+    # diffusers skips classifier-free guidance at guidance_scale <= 1: the batch is then the positive prompt only.
+    layerwise = embeddings if guidance_scale > 1 else embeddings[1:2]
+    with install_layerwise(pipe.unet, LayerwiseState(layerwise)):
         result = pipe(
             prompt_embeds=embeddings[1:2, 0],
             negative_prompt_embeds=embeddings[0:1, 0],
