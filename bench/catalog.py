@@ -20,6 +20,8 @@ class DatasetSource:
 def builtin_datasets() -> list[DatasetSource]:
     """The datasets shipped in the repository's ``datasets/`` folder."""
     return [
+        DatasetSource("toy", REPO_DATASETS / "toy.yaml",
+                      "trained toy world: coloured shapes, 4 concept ED-LoRAs, toy CLIP and box classifier"),
         DatasetSource("tiny", REPO_DATASETS / "tiny.yaml", "built-in tiny benchmark (generated offline on first use)"),
         DatasetSource("paper", REPO_DATASETS / "paper.yaml", "LoRA-Composer paper: 16 concepts, 2-5-concept layouts"),
     ]

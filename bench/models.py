@@ -16,9 +16,10 @@ from diffusers import StableDiffusionPipeline
 
 from bench.configs import sd15_config_dir
 from bench.tiny_models import build_tiny_pipeline, sd_scheduler
+from toyworld.models import load_toy_pipeline
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = {"tiny-sd": build_tiny_pipeline}
+BUILTIN_MODELS = {"tiny-sd": build_tiny_pipeline, "toy-sd": load_toy_pipeline}
 
 
 class ModelError(ValueError):
