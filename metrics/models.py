@@ -8,8 +8,10 @@ reference-embedding cache are keyed by.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -38,6 +40,17 @@ def _seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
+
+
+@contextlib.contextmanager
+def _root_logger_at(level: int) -> Iterator[None]:
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
 
 
 def toy_clip_files() -> tuple[Path, Path]:
@@ -83,13 +96,16 @@ class ClipEmbedder:
             raise FileNotFoundError(
                 f"CLIP weights '{weights}': expected a local .pt/.bin/.safetensors file for open_clip model '{model}'"
             )
+        # open_clip warns (on the root logger) that no pretrained weights were loaded; the toy CLIP's come next.
+        quiet = _root_logger_at(logging.ERROR) if state_file is not None else contextlib.nullcontext()
         try:
-            net, _, preprocess = _seeded(
-                seed,
-                lambda: open_clip.create_model_and_transforms(
-                    name, pretrained=str(weights) if weights is not None else None
-                ),
-            )
+            with quiet:
+                net, _, preprocess = _seeded(
+                    seed,
+                    lambda: open_clip.create_model_and_transforms(
+                        name, pretrained=str(weights) if weights is not None else None
+                    ),
+                )
         except RuntimeError as err:
             raise ValueError(
                 f"CLIP model '{model}': expected an open_clip model name such as 'ViT-B-32-quickgelu' "

@@ -1,0 +1,55 @@
+"""The committed toy-world weights: the classifier and CLIP see the world, and the gate numbers reproduce."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from toyworld.classifier import load_classifier
+from toyworld.gates import base_gate, lora_gate
+from toyworld.models import WEIGHTS_DIR, load_toy_pipeline, load_vae
+from toyworld.training.classifier import _dataset, _round_tripped_set, accuracy
+from toyworld.training.lora import LORA_DIR
+from toyworld.world import COLOURS, SHAPES, ToyObject, render
+
+
+def test_classifier_reads_fresh_renders_and_vae_round_trips(one_thread):
+    pixels, items = _round_tripped_set(load_vae().eval(), 200, seed=424242)
+    crops, labels = _dataset(pixels, items, seed=7)
+    result = accuracy(load_classifier(), crops, labels)
+    assert result["shape"] >= 0.95 and result["colour"] >= 0.95, result
+
+
+def test_toy_clip_matches_objects_to_their_captions(one_thread):
+    from metrics.models import TOY_CLIP, ClipEmbedder
+
+    clip = ClipEmbedder(TOY_CLIP)
+    rng = np.random.default_rng(11)
+    kinds = [(shape, colour) for shape in SHAPES for colour in COLOURS]
+    images: list[Image.Image] = []
+    for shape, colour in kinds:
+        obj = ToyObject(shape, colour, "solid", 32, 32, float(rng.uniform(14, 20)), float(rng.uniform(-20, 20)))
+        images.append(render([obj], "white"))
+    with torch.no_grad():
+        image_features = clip.embed_images(images)
+        text_features = clip.embed_texts([f"a {colour} {shape}" for shape, colour in kinds])
+    hits = (image_features @ text_features.T).argmax(1) == torch.arange(len(kinds))
+    assert float(hits.float().mean()) >= 0.6  # chance is 1/20
+
+
+@pytest.mark.slow
+def test_gate_numbers_reproduce(one_thread):
+    gates = json.loads((WEIGHTS_DIR / "gates.json").read_text())
+    seeds = gates["base_single_shape"]["images"] // (len(SHAPES) * len(COLOURS))
+    pipe = load_toy_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    model = load_classifier()
+    circle = base_gate(pipe, model, seeds, shapes=["circle"])["all"]
+    assert circle == pytest.approx(gates["base_single_shape"]["shape:circle"], abs=1 / (seeds * len(COLOURS)) + 1e-9)
+    ruby = gates["concept_loras"]["ruby"]
+    rate = lora_gate(pipe, model, ruby["images"], LORA_DIR, concepts=["ruby"])["ruby"]["rate"]
+    assert rate == pytest.approx(ruby["rate"], abs=1 / ruby["images"] + 1e-9)
