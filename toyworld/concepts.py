@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toyworld.world import BACKGROUNDS, PLAIN_BACKGROUNDS, ToyObject, background_phrase
+from toyworld.world import BACKGROUNDS, PLAIN_BACKGROUNDS, ToyObject, background_phrase, jittered_colour
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,8 @@ class ToyConcept:
 
     def instance(self, rng: np.random.Generator, cx: float, cy: float, radius: float) -> ToyObject:
         """The concept drawn at a place, with the world's usual rotation and colour jitter."""
-        from toyworld.world import _jitter
-
         return ToyObject(self.shape, self.colour, self.texture, cx, cy, radius, float(rng.uniform(-20, 20)),
-                         _jitter(rng, self.colour))
+                         jittered_colour(rng, self.colour))
 
 
 CONCEPTS: dict[str, ToyConcept] = {

@@ -168,7 +168,8 @@ def render(objects: list[ToyObject], background: str) -> Image.Image:
 # Sampling scenes and captions
 
 
-def _jitter(rng: np.random.Generator, colour: str) -> tuple[int, int, int]:
+def jittered_colour(rng: np.random.Generator, colour: str) -> tuple[int, int, int]:
+    """The nominal RGB of ``colour`` with the world's per-object jitter (sigma 8)."""
     base = np.array(COLOURS[colour], dtype=float)
     return tuple(int(v) for v in np.clip(base + rng.normal(0, 8, 3), 0, 255))  # type: ignore[return-value]
 
@@ -195,7 +196,7 @@ def random_object(rng: np.random.Generator, cx: float, cy: float, r: float) -> T
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     texture = TEXTURES[rng.choice(len(TEXTURES), p=TEXTURE_WEIGHTS)]
     angle = float(rng.uniform(-20, 20))
-    return ToyObject(shape, colour, texture, cx, cy, r, angle, _jitter(rng, colour))
+    return ToyObject(shape, colour, texture, cx, cy, r, angle, jittered_colour(rng, colour))
 
 
 def caption_words(objects: list[ToyObject], order: list[int], background: str | None) -> tuple[list[str], dict]:

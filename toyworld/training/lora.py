@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from bench.layers import cross_attention_layers
 from bench.textual import LayerwiseState, LayerwiseTextEncoder, install_layerwise, token_rows_written
 from toyworld.concepts import CONCEPTS, ToyConcept, sample_concept_image
-from toyworld.models import load_toy_pipeline
+from toyworld.models import WEIGHTS_DIR, load_toy_pipeline
 from toyworld.training.base import encode_latents
 from toyworld.training.common import TrainLog, lr_at, seed_everything
 from toyworld.world import render
@@ -131,8 +131,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
 def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
                 concepts: list[str] | None = None, lora_dir: Path | None = None) -> None:
     """Train every (or the named) concept's ED-LoRA; LoRAs go to the toy dataset's ``loras`` folder."""
-    target = lora_dir or (LORA_DIR if out_dir.resolve() == Path(__file__).resolve().parents[1] / "weights"
-                          else out_dir / "loras")
+    target = lora_dir or (LORA_DIR if out_dir.resolve() == WEIGHTS_DIR.resolve() else out_dir / "loras")
     for n, concept_id in enumerate(concepts or list(CONCEPTS)):
         if concept_id not in CONCEPTS:
             raise SystemExit(f"--concepts: unknown concept '{concept_id}'; expected one of {list(CONCEPTS)}")
