@@ -14,18 +14,20 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
+from metrics.models import toy_clip_files
 from toyworld.classifier import square_box
 from toyworld.data import render_set
 from toyworld.models import save_weights, weights_path
 from toyworld.training.common import TrainLog, lr_at, seed_everything
 from toyworld.world import background_phrase
 
-CONFIG = Path(__file__).resolve().parents[1] / "lcbench_toy_clip.json"
+CONFIG = toy_clip_files()[0]  # the same config the scorer registers for builtin:toy-clip
 MODEL_NAME = CONFIG.stem
-MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)
-STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
+MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(3, 1, 1)
+STD = torch.tensor(OPENAI_DATASET_STD).view(3, 1, 1)
 
 
 def create_toy_clip() -> torch.nn.Module:
