@@ -6,7 +6,7 @@ Start it with ``bench dashboard RUN_DIR ... [--study STUDY_DIR]`` or
 
 import sys
 
-from bench.study.launch import app_config
-from bench.study.ui_app import main
+from lcbench.dashboard.app import main
+from lcbench.dashboard.launch import app_config
 
 main(app_config(sys.argv[1:]))

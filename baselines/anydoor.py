@@ -1,28 +1,41 @@
 """AnyDoor as an out-of-process baseline: geometry in-process, the model in its own pinned environment.
 
 AnyDoor (ali-vilab/AnyDoor) needs torch 2.0 / pytorch_lightning 1.5 and ~18 GB of VRAM, so it runs as
-an external command (``LCBENCH_ANYDOOR_CMD`` or the method parameter ``command``). Per box, this
-module does upstream's ``process_pairs`` geometry (reference crop/expand/pad to 224, target box
-expand x1.1, context crop expand [1.5, 3) made square, pad, resize to 512) and ``crop_back``; the
+an external command (``LCBENCH_ANYDOOR_CMD`` or the method parameter ``command``), normally the driver
+``baselines/anydoor_driver.py`` started inside the AnyDoor checkout (:func:`documented_command`). Per
+box, this module does upstream's ``process_pairs`` geometry (reference crop/expand/pad to 224, target
+box expand x1.1, context crop expand [1.5, 3) made square, pad, resize to 512) and ``crop_back``; the
 command only runs the model.
 
-Protocol ``lcbench-anydoor/1``: the shell runs ``<command> <request.json>``. The request holds
-``reference_image`` (224 px RGB PNG: masked object on white, padded square), ``reference_mask``
-(224 px L PNG, 255 = object), ``target_image`` (512 px RGB PNG: the padded square crop),
-``hint_mask`` (512 x 512 float32 ``.npy``: 1 in the box, 0 outside, -1 on padding, as the demo),
-``box_yyxx`` (the box in the 512 px frame, AnyDoor's ``[y1, y2, x1, x2]``), ``steps``,
+Protocol ``lcbench-anydoor/2``: the shell runs ``<command>`` once per method instance (one process per
+run, so the model is loaded once) and keeps it running. For each box the bench writes a request JSON
+file and sends its absolute path, one per line, on the process's stdin; the process answers each with one JSON
+line on stdout: ``{"protocol": "lcbench-anydoor/2", "request": <path>, "ok": true, "output": <png>,
+...}`` or ``{..., "ok": false, "error": <text>}``. Lines on stdout that are not such answers are
+ignored; stderr goes to a log whose tail is reported on failure. Closing stdin ends the process.
+
+A request holds ``protocol``, ``reference_image`` (224 px RGB PNG: masked object on white, padded
+square), ``reference_mask`` (224 px L PNG, 255 = object), ``target_image`` (512 px RGB PNG: the padded
+square crop), ``hint_mask`` (512 x 512 float32 ``.npy``: 1 in the box, 0 outside, -1 on padding, as
+the demo), ``box_yyxx`` (the box in the 512 px frame, AnyDoor's ``[y1, y2, x1, x2]``), ``steps``,
 ``guidance_scale``, ``strength``, ``seed`` and ``output`` (where to write the 512 px RGB PNG). The
-driver builds the high-frequency collage from the reference with upstream's ``sobel`` at
-``box_yyxx`` and samples. Exit status 0 and the output file mean success.
+driver builds the high-frequency collage from the reference with upstream's ``sobel`` at ``box_yyxx``
+and samples on the request's optional ``device``, else ``$LCBENCH_ANYDOOR_DEVICE``, else ``cuda`` (as
+upstream). The driver's answer (device, model loads, checkpoint, checkout) is recorded per box.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import shlex
+import signal
 import subprocess
 import tempfile
+import threading
+import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +51,9 @@ from bench.spec import Scene
 
 NAME = "anydoor"
 ENV_COMMAND = "LCBENCH_ANYDOOR_CMD"
-PROTOCOL = "lcbench-anydoor/1"
+ENV_DEVICE = "LCBENCH_ANYDOOR_DEVICE"
+PROTOCOL = "lcbench-anydoor/2"
+DRIVER = Path(__file__).resolve().with_name("anydoor_driver.py")
 SIZE = 512
 REF_SIZE = 224
 YYXX = tuple[int, int, int, int]
@@ -64,22 +79,34 @@ DEVIATIONS = (
     "Mask-channel padding follows the gradio demo (-1), not run_inference.py (which wraps to 1 via uint8).",
     "The collage is built by the driver at box_yyxx in the 512 px frame (one resize instead of upstream's "
     "resize to the crop box, then to 512).",
+    "Not copied: upstream (run_inference.py and the gradio demo) drops the first row of the 512 px prediction "
+    "(pred[1:]) before crop_back, stretching it by one row; here the whole 512 px prediction is resized back.",
 )
+
+
+def documented_command(python: str = '"$ANYDOOR_HOME/venv/bin/python"') -> str:
+    """The shell command that starts the driver of this checkout inside ``$ANYDOOR_HOME``.
+
+    ``python`` is the AnyDoor environment's interpreter; ``$ANYDOOR_HOME`` is expanded by the shell
+    when the bench starts the command.
+    """
+    return f'{python} {shlex.quote(str(DRIVER))} --anydoor-home "$ANYDOOR_HOME"'
 
 
 def setup_steps() -> str:
     """The exact steps to make AnyDoor available."""
     return (
         "AnyDoor runs out of process. 1) git clone https://github.com/ali-vilab/AnyDoor $ANYDOOR_HOME; "
-        "2) create its own environment there (python 3.8; pip install -r requirements.txt: torch 2.0.0, "
-        "pytorch_lightning 1.5.0, transformers 4.19.2, open_clip_torch 2.17.1, omegaconf 2.1.1, opencv-python); "
+        "2) create its own environment at $ANYDOOR_HOME/venv (python 3.8, the pins of its environment.yaml: "
+        "torch 2.0.0, pytorch_lightning 1.5.0, transformers 4.19.2, open_clip_torch 2.17.1, omegaconf 2.1.1, "
+        "einops, opencv-python); "
         "3) download epoch=1-step=8687.ckpt (HF space xichenhku/AnyDoor or ModelScope damo/AnyDoor) and "
         "dinov2_vitg14_pretrain.pth, and set their paths in configs/inference.yaml and configs/anydoor.yaml; "
-        "4) use the driver shipped as baselines/anydoor_driver.py (it follows the lcbench-anydoor/1 protocol: "
-        "read the request JSON, build the collage with anydoor_datasets.data_utils.sobel, sample with "
-        "cldm DDIMSampler, write the output PNG), run from $ANYDOOR_HOME; "
-        f"5) export {ENV_COMMAND}='cd $ANYDOOR_HOME && venv/bin/python /path/to/lcbench/baselines/anydoor_driver.py' "
-        "(or pass the method parameter command=...)."
+        f"4) export ANYDOOR_HOME and {ENV_COMMAND}='{documented_command()}' "
+        "(or pass the method parameter command=...). The driver (baselines/anydoor_driver.py, protocol "
+        f"{PROTOCOL}) puts $ANYDOOR_HOME first on sys.path, imports cldm.model, cldm.ddim_hacked and "
+        "datasets.data_utils from it, loads the model once and then serves one request per box; "
+        f"{ENV_DEVICE} overrides its device (default cuda)."
     )
 
 
@@ -231,14 +258,111 @@ def reference_mask(ctx: Any, concept_id: str, image_path: Path, shape: tuple[int
     return np.ones(shape, np.uint8), "full image (no mask found)"
 
 
+class DriverProcess:
+    """One running AnyDoor command: request paths in on stdin, one JSON answer line per request on stdout."""
+
+    def __init__(self, command: str):
+        self.command = command
+        self._log = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(
+                command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                text=True, bufsize=1, start_new_session=True,
+            )
+        except OSError as err:
+            self._log.close()
+            raise RuntimeError(f"AnyDoor command {command!r} failed to start: {err}") from err
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.proc.poll() is None
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        """The last ``limit`` characters the process wrote to stderr."""
+        try:
+            self._log.flush()
+            self._log.seek(0, os.SEEK_END)
+            size = self._log.tell()
+            self._log.seek(max(0, size - limit))
+            return self._log.read().decode(errors="replace")
+        except (OSError, ValueError):
+            return ""
+
+    def _died(self) -> RuntimeError:
+        try:
+            code = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
+        return RuntimeError(f"AnyDoor command {self.command!r} exited {code} before answering; "
+                            f"stderr: {self.stderr_tail()}")
+
+    def request(self, path: Path, timeout: float) -> dict[str, Any]:
+        """Send one request path and wait for its answer (other stdout lines are skipped)."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(f"{path}\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as err:
+            raise self._died() from err
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.close(wait=0)
+                raise RuntimeError(f"AnyDoor command {self.command!r} gave no answer for {path} within "
+                                   f"{timeout:g} s; stderr: {self.stderr_tail()}")
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise self._died()
+            try:
+                answer = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(answer, dict) and answer.get("protocol") == PROTOCOL and answer.get("request") == str(path):
+                return answer
+
+    def close(self, wait: float = 30.0) -> int | None:
+        """End the process: close its stdin (the driver exits), kill its process group after ``wait`` s."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            code = self.proc.wait(timeout=wait) if wait > 0 else self.proc.poll()
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            code = self.proc.wait()
+        self._log.close()
+        return code
+
+
 class AnyDoorMethod:
-    """Background from the base model, then one external AnyDoor call per box."""
+    """Background from the base model, then one request per box to one long-running AnyDoor process."""
 
     def __init__(self, params: Mapping[str, Any]):
         self.params = dict(params)
         self.command = str(self.params["command"]).strip() or os.environ.get(ENV_COMMAND, "").strip()
         if not self.command:
             raise RuntimeError(f"method '{NAME}' is not configured: {setup_steps()}")
+        self._driver: DriverProcess | None = None
+        self._finalizer: weakref.finalize | None = None
 
     def crop_ratio(self, seed: int) -> float:
         """The context-crop ratio of a box: upstream's randint(15, 30) / 10, seeded, or the fixed parameter."""
@@ -247,24 +371,35 @@ class AnyDoorMethod:
             return int(np.random.default_rng(seed).integers(15, 30)) / 10
         return float(value)
 
-    def call(self, request: dict, workdir: Path) -> np.ndarray:
-        """Run the configured command on one request; returns the 512 px result."""
+    def driver(self) -> DriverProcess:
+        """The running AnyDoor command, started on first use (and again if it died)."""
+        if self._driver is None or not self._driver.alive():
+            self.close()
+            self._driver = DriverProcess(self.command)
+            self._finalizer = weakref.finalize(self, self._driver.close)
+        return self._driver
+
+    def close(self) -> None:
+        """End the AnyDoor process, if one is running (also done when the method is garbage-collected)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._driver, self._finalizer = None, None
+
+    def call(self, request: dict, workdir: Path) -> tuple[np.ndarray, dict[str, Any]]:
+        """Send one request to the running command; returns the 512 px result and the driver's answer."""
         path = workdir / "request.json"
         path.write_text(json.dumps(request, indent=1))
-        line = f"{self.command} {shlex.quote(str(path))}"  # a shell line, so 'cd $ANYDOOR_HOME && ...' works
-        try:
-            proc = subprocess.run(
-                line, shell=True, capture_output=True, text=True, timeout=float(self.params["timeout_s"])
-            )
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise RuntimeError(f"AnyDoor command {self.command!r} failed to run: {err}") from err
+        driver = self.driver()
+        answer = driver.request(path, float(self.params["timeout_s"]))
         output = Path(request["output"])
-        if proc.returncode != 0 or not output.is_file():
+        if not answer.get("ok") or not output.is_file():
             raise RuntimeError(
-                f"AnyDoor command {self.command!r} exited {proc.returncode} without writing "
-                f"{output}; stderr: {proc.stderr[-2000:]}"
+                f"AnyDoor command {self.command!r} failed on {path} without writing {output}: "
+                f"{answer.get('error', 'no error given')}; stderr: {driver.stderr_tail()}"
             )
-        return np.array(Image.open(output).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR))
+        pred = np.array(Image.open(output).convert("RGB").resize((SIZE, SIZE), Image.BILINEAR))
+        info = {k: v for k, v in answer.items() if k not in ("protocol", "request", "ok", "output")}
+        return pred, info
 
     def insert(
         self, canvas: np.ndarray, box: Box, ref: np.ndarray, ref_mask: np.ndarray, seed: int, workdir: Path
@@ -293,9 +428,10 @@ class AnyDoorMethod:
             "seed": seed,
             "output": str(workdir / "output.png"),
         }
-        pred = self.call(request, workdir)
+        pred, info = self.call(request, workdir)
         out = crop_back(pred, canvas, target, int(self.params["margin"]))
-        return out, {"crop_ratio": ratio, "crop_yyxx": list(target.crop_yyxx), "box_yyxx_512": list(target.box_yyxx)}
+        record = {"crop_ratio": ratio, "crop_yyxx": list(target.crop_yyxx), "box_yyxx_512": list(target.box_yyxx)}
+        return out, {**record, "driver": info}
 
     def generate(self, scene: Scene, seed: int, ctx: Any) -> Generation:
         """Make the scene's image: background, then one AnyDoor call per box in spec order."""
@@ -323,12 +459,11 @@ class AnyDoorMethod:
                 )
         record = {
             "method": NAME,
-            "params": {**self.params, "command": self.command},
+            "command": self.command,
             "protocol": PROTOCOL,
             "background": bg_record,
             "boxes": boxes,
             "order": "spec order",
-            "deviations": list(DEVIATIONS),
         }
         return Generation(image=Image.fromarray(canvas), record=record)
 

@@ -1,7 +1,8 @@
 """LoRA combination baselines users compare against (Multi-LoRA Composition, Zhong et al. 2024, and a naive one).
 
 - ``lora-switch``: one LoRA active at a time, the active one changing every ``switch_every`` steps
-  (concepts in scene order, cycling);
+  (concepts in scene order, cycling; upstream's callback switches after steps ``switch_every``,
+  ``2 * switch_every``, ..., so the first LoRA runs one step more);
 - ``lora-composite``: every step, each LoRA alone gives a classifier-free-guided noise prediction and
   the predictions are averaged;
 - ``lora-regional``: a naive per-region LoRA without any constraint: the base model with the global
@@ -27,10 +28,10 @@ from bench.boxes import Box, box_to_grid
 from bench.lora.apply import lora_merged
 from bench.lora.canonical import ConceptLora
 from bench.methods import Generation, MethodSpec, check_finite
+from bench.pipelines import decode
+from bench.prompts import LayerwiseState, install_layerwise
 from bench.seeds import initial_noise
 from bench.spec import Scene
-from bench.textual import LayerwiseState, install_layerwise
-from composer.method import decode
 
 if TYPE_CHECKING:
     from bench.context import RunContext
@@ -72,14 +73,21 @@ def denoise(pipe: StableDiffusionPipeline, seed: int, width: int, height: int, s
 
 
 def active_lora(step: int, switch_every: int, count: int) -> int:
-    """Index of the LoRA active at ``step`` for LoRA Switch."""
-    return (step // switch_every) % count
+    """Index of the LoRA active at ``step`` (0-based) for LoRA Switch, as upstream schedules it.
+
+    Multi-LoRA-Composition ``callbacks.py`` L6 switches to the next LoRA at the end of step ``i`` when
+    ``i > 0 and i % switch_every == 0``, so the first LoRA runs steps ``0 .. switch_every`` (one step
+    more than the others) and every later one ``switch_every`` steps.
+    """
+    if step <= 0:
+        return 0
+    return ((step - 1) // switch_every) % count
 
 
 def switch_latents(pipe: StableDiffusionPipeline, prompt: str, negative: str, loras: Sequence[ConceptLora],
                    weight: float, switch_every: int, seed: int, width: int, height: int, steps: int,
                    guidance_scale: float) -> torch.Tensor:
-    """LoRA Switch: one LoRA (UNet deltas and text encoder) active per step, changing every ``switch_every``."""
+    """LoRA Switch: one LoRA (UNet deltas and text encoder) active per step, scheduled by :func:`active_lora`."""
     if switch_every < 1:
         raise ValueError(f"lora-switch.switch_every: expected an integer >= 1, got {switch_every}")
     embeds = [encode_pair(pipe, prompt, negative, loras, text_lora=lora) for lora in loras]
@@ -152,6 +160,10 @@ def _prompt(scene: Scene, mode: str) -> str:
     return scene.prompt
 
 
+_WEIGHT_DEVIATION = ("LoRA weight: lora_weight (default 1.0, the weight the ED-LoRAs are merged with); upstream "
+                     "scales each LoRA by --lora_scale 0.8")
+
+
 class _Combination:
     """Shared parts of the three methods: parameters, pipeline, decoding and the record."""
 
@@ -172,8 +184,7 @@ class _Combination:
         """Make the image of ``scene`` for ``seed`` (the shared pipeline is left as found)."""
         pipe = ctx.base_pipeline(scene.style)
         latents, extra = self.latents(pipe, scene, seed, ctx)
-        record = {"params": dict(self.params), "scheduler": type(pipe.scheduler).__name__, **extra,
-                  "deviations": list(self.deviations)}
+        record = {"scheduler": type(pipe.scheduler).__name__, **extra}
         return Generation(image=decode(pipe, latents), record=record)
 
     def _common(self, scene: Scene) -> dict[str, Any]:
@@ -187,7 +198,8 @@ class LoraSwitch(_Combination):
 
     name = "lora-switch"
     deviations = ("text encoder: each LoRA's own text-encoder deltas encode the prompt while it is active",
-                  "concept order = scene region order (first occurrence)")
+                  "concept order = scene region order (first occurrence)",
+                  _WEIGHT_DEVIATION)
 
     def latents(self, pipe: StableDiffusionPipeline, scene: Scene, seed: int, ctx: RunContext
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -205,7 +217,8 @@ class LoraComposite(_Combination):
     """``lora-composite``."""
 
     name = "lora-composite"
-    deviations = ("text encoder: each LoRA's own text-encoder deltas encode the prompt for its prediction",)
+    deviations = ("text encoder: each LoRA's own text-encoder deltas encode the prompt for its prediction",
+                  _WEIGHT_DEVIATION)
 
     def latents(self, pipe: StableDiffusionPipeline, scene: Scene, seed: int, ctx: RunContext
                 ) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -189,11 +189,6 @@ def paste_back(
     return Image.fromarray(out)
 
 
-def scene_pixel_boxes(scene: Scene) -> list[tuple[int, int, int, int]]:
-    """Every region's box in pixel ``(x0, y0, x1, y1)`` on the scene's canvas."""
-    return [to_xyxy_pixels(r.box, scene.width, scene.height) for r in scene.regions]
-
-
 def base_model_ref(ctx: object, style: str) -> str:
     """The base model reference of a style, resolved through the run's assets when it has them."""
     assets = getattr(ctx, "assets", None)

@@ -1,7 +1,13 @@
-"""LoRA merge: every concept LoRA merged into the base with equal weights, global prompt only.
+"""LoRA merge baselines: every concept LoRA merged into the base model, global prompt only.
 
-The naive baseline users compare against (Mix-of-Show's "weight fusion" row uses the same
-1/N weighting). The shared base pipeline is restored after each image.
+- ``lora-merge``: equal weights 1/N (``normalize=True``), as Mix-of-Show's "weight fusion" row
+  (research_branch ``scripts/mixofshow_scripts/Weight_Fusion_EDLoRA.py``: W0 + sum_i (alpha_i / N) dW_i);
+- ``lora-merge-composlora``: ComposLoRA's "merge" (Multi-LoRA-Composition ``compose_lora.py``,
+  ``--method merge``): every LoRA active at once, each scaled by ``--lora_scale`` 0.8, i.e.
+  W0 + sum_i 0.8 dW_i (``set_adapters(cur_loras)`` with unit adapter weights, then
+  ``cross_attention_kwargs={"scale": 0.8}``, which diffusers also applies to the text encoder's LoRA).
+
+The shared base pipeline is restored after each image.
 """
 
 from __future__ import annotations
@@ -21,24 +27,50 @@ DEFAULTS: dict[str, Any] = {
     "normalize": True,
     "prompt": "global",
 }
+COMPOSLORA_NAME = "lora-merge-composlora"
+COMPOSLORA_DEFAULTS: dict[str, Any] = {
+    "steps": 50,
+    "guidance_scale": 7.5,
+    "lora_weight": 0.8,
+    "prompt": "global",
+}
+COMPOSLORA_DEVIATIONS = (
+    "Concept LoRAs are the benchmark's ED-LoRAs (layer-wise token embeddings + UNet/text-encoder deltas), "
+    "merged into the weights; upstream loads kohya LoRAs as PEFT adapters (same sum of scaled deltas).",
+    "Prompt: the scene's global prompt with concept tokens (upstream: a fixed style prompt + each LoRA's "
+    "trigger words); upstream's negative prompt is replaced by the scene's.",
+    "Sampler: the base model's scheduler, steps=50 and guidance_scale=7.5 like the other baselines "
+    "(upstream: DPM-Solver++, 200 steps, CFG 10, seed 111).",
+)
+
+
+def _prompt(scene: Scene, mode: str) -> str:
+    if mode == "global+regions":
+        return ", ".join([scene.prompt, *(r.prompt for r in scene.regions)])
+    return scene.prompt
 
 
 class LoraMerge:
-    """Merges the scene's concept LoRAs into the base model for one image."""
+    """Merges the scene's concept LoRAs into the base model for one image (``lora-merge``)."""
+
+    name = "lora-merge"
+    deviations: tuple[str, ...] = ()
 
     def __init__(self, params: Mapping[str, Any]):
         if params["prompt"] not in ("global", "global+regions"):
-            raise ValueError("lora-merge.prompt: expected 'global' or 'global+regions'")
+            raise ValueError(f"{self.name}.prompt: expected 'global' or 'global+regions'")
         self.params = dict(params)
+
+    def weight(self, count: int) -> float:
+        """Each LoRA's merge weight when ``count`` LoRAs are merged: 1/N, or 1 without ``normalize``."""
+        return 1.0 / count if self.params["normalize"] else 1.0
 
     def generate(self, scene: Scene, seed: int, ctx: RunContext) -> Generation:
         """Merge, encode the prompt with every concept's layer-wise tokens, sample, restore."""
         concept_ids = ctx.spec.scene_concepts(scene)
         loras = [ctx.concept_lora(c) for c in concept_ids]
-        weight = 1.0 / len(loras) if self.params["normalize"] else 1.0
-        prompt = scene.prompt
-        if self.params["prompt"] == "global+regions":
-            prompt = ", ".join([scene.prompt, *(r.prompt for r in scene.regions)])
+        weight = self.weight(len(loras))
+        prompt = _prompt(scene, self.params["prompt"])
         pipe = ctx.base_pipeline(scene.style)
         with lora_merged(pipe.unet, pipe.text_encoder, loras, [weight] * len(loras)):
             embeddings = encode_pair(pipe, prompt, scene.negative_prompt, loras)
@@ -46,9 +78,20 @@ class LoraMerge:
                                      self.params["steps"], self.params["guidance_scale"])
         return Generation(
             image=image,
-            record={"params": self.params, "concepts": concept_ids, "lora_weight": weight, "prompt": prompt,
-                    "scheduler": type(pipe.scheduler).__name__, "deviations": []},
+            record={"concepts": concept_ids, "lora_weight": weight, "prompt": prompt,
+                    "scheduler": type(pipe.scheduler).__name__},
         )
+
+
+class ComposLoraMerge(LoraMerge):
+    """ComposLoRA's merge (``lora-merge-composlora``): every LoRA at ``lora_weight`` (upstream 0.8), no 1/N."""
+
+    name = COMPOSLORA_NAME
+    deviations = COMPOSLORA_DEVIATIONS
+
+    def weight(self, count: int) -> float:
+        """``lora_weight`` for every LoRA, whatever their number (upstream ``--lora_scale``)."""
+        return float(self.params["lora_weight"])
 
 
 def method_spec() -> MethodSpec:
@@ -59,3 +102,20 @@ def method_spec() -> MethodSpec:
         create=LoraMerge,
         defaults=DEFAULTS,
     )
+
+
+def composlora_method_spec() -> MethodSpec:
+    """The ``lora-merge-composlora`` method: ComposLoRA's merge, each LoRA at 0.8."""
+    return MethodSpec(
+        name=COMPOSLORA_NAME,
+        description="ComposLoRA's LoRA merge (Multi-LoRA Composition): all concept LoRAs merged into the base, "
+                    "each at lora_weight 0.8, global prompt only",
+        create=ComposLoraMerge,
+        defaults=COMPOSLORA_DEFAULTS,
+        deviations=COMPOSLORA_DEVIATIONS,
+    )
+
+
+def method_specs() -> list[MethodSpec]:
+    """Both merge baselines: ``lora-merge`` (1/N) and ``lora-merge-composlora`` (0.8 each)."""
+    return [method_spec(), composlora_method_spec()]

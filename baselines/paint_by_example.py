@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
 from PIL import Image
-from transformers import CLIPImageProcessor, CLIPVisionConfig
+from transformers import CLIPImageProcessor
 
 from baselines.inpaint import (
     BACKGROUND_DEFAULTS,
@@ -32,7 +32,6 @@ from baselines.inpaint import (
 from bench.methods import Generation, MethodSpec
 from bench.seeds import initial_noise
 from bench.spec import Scene
-from bench.tiny_models import TINY_TEXT_DIM, tiny_unet_config, tiny_vae_config
 
 try:  # deprecated module: import it once here so an incompatible diffusers is reported, not crashed on
     from diffusers import PaintByExamplePipeline
@@ -45,7 +44,7 @@ except ImportError as err:  # pragma: no cover - depends on the installed diffus
     _IMPORT_ERROR = str(err)
 
 NAME = "paint-by-example"
-TINY_MODEL = "builtin:tiny-pbe"
+RANDOM_MODEL = "builtin:random-pbe"
 DEFAULTS: dict[str, Any] = {
     "model": "auto",
     "steps": 50,
@@ -82,44 +81,11 @@ def unavailable(params: Mapping[str, Any] | None = None) -> str | None:
     )
 
 
-def build_tiny_pbe(seed: int = 0) -> PaintByExamplePipeline:
-    """A tiny Paint-by-Example pipeline (SD1.5 UNet layout, 9 input channels) with fixed random weights."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**dict(tiny_unet_config(), in_channels=9))
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**tiny_vae_config())
-    torch.manual_seed(seed + 2)
-    vision = CLIPVisionConfig(
-        hidden_size=32,
-        projection_dim=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=5,
-        image_size=32,
-        patch_size=4,
-        layer_norm_eps=1e-5,
-    )
-    encoder = PaintByExampleImageEncoder(vision, proj_size=TINY_TEXT_DIM)
-    scheduler = PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
-    )
-    pipe = PaintByExamplePipeline(
-        vae=vae.eval(),
-        image_encoder=encoder.eval(),
-        unet=unet.eval(),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=CLIPImageProcessor(size=32, crop_size=32),
-        requires_safety_checker=False,
-    )
-    return pipe
-
-
 _SCHEDULERS = {"PNDMScheduler": PNDMScheduler, "DDIMScheduler": DDIMScheduler}
 
 
-def load_pbe(path: str | Path, dtype: torch.dtype = torch.float32) -> PaintByExamplePipeline:
-    """Load a Paint-by-Example diffusers folder component by component.
+def load_pbe(path: str | Path, *, where: str = "", dtype: torch.dtype = torch.float32) -> PaintByExamplePipeline:
+    """The ``inpainting`` loader: a Paint-by-Example diffusers folder, component by component.
 
     ``PaintByExamplePipeline.from_pretrained`` cannot resolve ``PaintByExampleImageEncoder`` in
     diffusers 0.42, so each subfolder is loaded with its own class.
@@ -152,7 +118,6 @@ class PaintByExampleMethod:
         if self.params["mode"] not in ("crop", "full"):
             raise ValueError(f"method '{NAME}': parameter 'mode' must be 'crop' or 'full', got {self.params['mode']!r}")
         self._pipe: PaintByExamplePipeline | None = None
-        self._model_ref = ""
 
     def pipeline(self, ctx: Any, style: str) -> tuple[PaintByExamplePipeline, str]:
         """The PbE pipeline (loaded once) and the reference it came from."""
@@ -165,13 +130,13 @@ class PaintByExampleMethod:
                     "tiny base models; expected model=PATH of a local Fantasy-Studio/Paint-by-Example "
                     "diffusers folder"
                 )
-            ref = TINY_MODEL
-        if self._pipe is None or ref != self._model_ref:
-            pipe = build_tiny_pbe() if ref == TINY_MODEL else load_pbe(ref, ctx.dtype)
+            ref = RANDOM_MODEL
+        pipe = ctx.model(ref, "inpainting", where=f"{NAME} parameter 'model'")
+        if self._pipe is not pipe:
             pipe.set_progress_bar_config(disable=True)
             if pipe.unet.dtype != ctx.dtype:
                 pipe = pipe.to(dtype=ctx.dtype)
-            self._pipe, self._model_ref = pipe.to(ctx.device), ref
+            self._pipe = pipe.to(ctx.device)
         return self._pipe, ref
 
     def background(self, scene: Scene, seed: int, ctx: Any) -> tuple[Image.Image, dict]:
@@ -245,13 +210,11 @@ class PaintByExampleMethod:
             )
         record = {
             "method": NAME,
-            "params": self.params,
             "model": model_ref,
             "scheduler": type(pipe.scheduler).__name__,
             "background": bg_record,
             "boxes": boxes,
             "order": "spec order",
-            "deviations": list(DEVIATIONS),
         }
         return Generation(image=canvas, record=record)
 

@@ -1,14 +1,40 @@
-"""Built-in baseline methods that run in-process on the base model and concept LoRAs."""
+"""The baselines, registered through the bench's hooks: the LoRA combinations, Mix-of-Show, Cones2,
+Paint-by-Example and AnyDoor, the Paint-by-Example loader, and the ``cones2-train`` command."""
 
 from __future__ import annotations
 
-from baselines import combination, merge
+from typing import Any
+
+from baselines import anydoor, combination, cones2, merge, paint_by_example
 from baselines.mixofshow import method as mixofshow
 from bench.hookspecs import hookimpl
 from bench.methods import MethodSpec
+from bench.models import ModelSource
 
 
 @hookimpl
 def bench_methods() -> list[MethodSpec]:
-    """The LoRA-combination baselines (merge, switch, composite, naive regional) and Mix-of-Show."""
-    return [merge.method_spec(), *combination.method_specs(), *mixofshow.method_specs()]
+    """Every baseline method."""
+    return [
+        *merge.method_specs(),
+        *combination.method_specs(),
+        *mixofshow.method_specs(),
+        paint_by_example.method_spec(),
+        anydoor.method_spec(),
+        cones2.method_spec(),
+    ]
+
+
+@hookimpl
+def bench_models() -> list[ModelSource]:
+    """The loader of local Paint-by-Example diffusers folders (kind ``inpainting``)."""
+    return [ModelSource("inpainting", paint_by_example.load_pbe,
+                        description="a local Fantasy-Studio/Paint-by-Example diffusers folder")]
+
+
+@hookimpl
+def bench_commands(subparsers: Any) -> None:
+    """``bench cones2-train``: train a concept's Cones2 residual embedding."""
+    from baselines.cones2.command import add_train_command
+
+    add_train_command(subparsers)

@@ -12,8 +12,8 @@ from PIL import Image
 from bench.layers import cross_attention_layers
 from bench.lora.canonical import ConceptLora
 from bench.methods import check_finite
+from bench.prompts import LayerwiseState, LayerwiseTextEncoder, install_layerwise
 from bench.seeds import initial_noise
-from bench.textual import LayerwiseState, LayerwiseTextEncoder, install_layerwise
 
 
 @torch.no_grad()

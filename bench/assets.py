@@ -8,9 +8,10 @@ The asset root of a dataset is chosen in this order (first one set wins):
    not name a ``builtin:`` root;
 3. the config file ``$XDG_CONFIG_HOME/lcbench/config.yaml`` (default ``~/.config/lcbench/config.yaml``),
    key ``assets: {NAME: DIR}``;
-4. the spec's own ``asset_root`` (a path relative to the spec file's folder, or ``builtin:tiny``).
+4. the spec's own ``asset_root`` (a path relative to the spec file's folder, or ``builtin:NAME``).
 
-``builtin:tiny`` is the generated tiny benchmark in ``default_cache_dir()/tiny-<version>``.
+``builtin:NAME`` is an asset root a plugin makes (kind ``asset_root`` of :func:`bench.models.create`),
+e.g. ``builtin:random``, the random-weight world's generated assets in the cache folder.
 """
 
 from __future__ import annotations
@@ -22,12 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from bench.cache import default_cache_dir
+from bench.models import BUILTIN_PREFIX, builtins, create, is_builtin, looks_like_hub_id
 from bench.spec import Concept, DatasetSpec, Scene
-from bench.tiny_assets import TINY_DATASET_VERSION, ensure_tiny_assets
 
-BUILTIN_PREFIX = "builtin:"
-BUILTIN_ROOTS = ("tiny",)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 ENV_ASSETS = "LCBENCH_ASSETS"
 
@@ -82,7 +80,7 @@ def _config_root(name: str) -> str | None:
 class AssetResolver:
     """Resolves a dataset's relative asset paths against its asset root (order: see the module docstring).
 
-    A ``builtin:tiny`` root is generated on first use. Paths in the spec that are absolute stay as they are.
+    A ``builtin:random`` root is generated on first use. Paths in the spec that are absolute stay as they are.
     """
 
     def __init__(self, spec: DatasetSpec, root: str | Path | None = None):
@@ -99,13 +97,10 @@ class AssetResolver:
             self.root_ref, self.root_source = spec.asset_root, f"{spec.path}: asset_root"
         else:
             self.root_ref, self.root_source = "", ""
-        if (
-            self.root_ref.startswith(BUILTIN_PREFIX)
-            and self.root_ref[len(BUILTIN_PREFIX) :] not in BUILTIN_ROOTS
-        ):
+        if is_builtin(self.root_ref) and self.root_ref[len(BUILTIN_PREFIX) :] not in builtins("asset_root"):
             raise AssetError(
                 f"{self.root_source}: unknown asset root '{self.root_ref}'; expected a folder or one of "
-                f"{[BUILTIN_PREFIX + n for n in BUILTIN_ROOTS]}"
+                f"{[BUILTIN_PREFIX + n for n in builtins('asset_root')]}"
             )
 
     @property
@@ -120,8 +115,8 @@ class AssetResolver:
                 f"asset_root in the spec ({ENV_ASSETS}=DIR or 'assets: {{{self.spec.name}: DIR}}' in "
                 f"{config_file()} also work)"
             )
-        if self.root_ref.startswith(BUILTIN_PREFIX):
-            self._root = ensure_tiny_assets(default_cache_dir() / f"tiny-{TINY_DATASET_VERSION}")
+        if is_builtin(self.root_ref):
+            self._root = Path(create(self.root_ref, "asset_root", where=self.root_source))
         else:
             path = Path(self.root_ref).expanduser()
             if not path.is_absolute() and self.root_source.endswith("asset_root"):
@@ -143,7 +138,7 @@ class AssetResolver:
                 f"'{style}' (the spec has {sorted(self.spec.base_models)})"
             )
         ref = self.spec.base_models[style]
-        return ref if ref.startswith(BUILTIN_PREFIX) else str(self.resolve(ref))
+        return ref if is_builtin(ref) else str(self.resolve(ref))
 
     def concept(self, concept_id: str) -> Concept:
         """The spec's concept by id; an unknown id names the spec and the known ids."""
@@ -272,10 +267,8 @@ def _used_concepts(spec: DatasetSpec, scenes: Sequence[Scene]) -> list[str]:
 def _check_base_model(spec: DatasetSpec, resolver: AssetResolver, style: str) -> list[MissingAsset]:
     ref = resolver.base_model_ref(style)
     field = f"base_models.{style}"
-    if ref.startswith(BUILTIN_PREFIX):
-        from bench.models import BUILTIN_MODELS  # deferred: bench.models imports diffusers
-
-        known = ref[len(BUILTIN_PREFIX) :] in BUILTIN_MODELS
+    if is_builtin(ref):
+        known = ref[len(BUILTIN_PREFIX) :] in builtins("pipeline")
         return [] if known else [MissingAsset("base_model", style, field, ref, "unknown built-in model")]
     path = Path(ref)
     if path.is_dir():
@@ -284,8 +277,6 @@ def _check_base_model(spec: DatasetSpec, resolver: AssetResolver, style: str) ->
         return [MissingAsset("base_model", style, field, ref, "folder without model_index.json")]
     if path.is_file():
         return []
-    from bench.models import looks_like_hub_id
-
     raw = spec.base_models.get(style, "")
     if looks_like_hub_id(raw):
         hint = f"missing; '{raw}' looks like a hub id: `huggingface-cli download {raw} --local-dir {ref}`"

@@ -50,17 +50,19 @@ def to_xyxy_pixels(box: Box, width: int, height: int) -> tuple[int, int, int, in
 def box_to_grid(box: Box, grid_h: int, grid_w: int) -> tuple[int, int, int, int]:
     """Rows ``[y0, y1)`` and columns ``[x0, x1)`` of a grid covered by a box: ceil starts, floor ends.
 
-    This is the official code's quantisation, recomputed at each resolution; a box thinner than one
-    cell comes out empty (``y0 >= y1`` or ``x0 >= x1``).
+    This is LoRA-Composer's quantisation, recomputed at each resolution, with its exact float
+    arithmetic: upstream normalises the integer pixel box ``[top, left, bottom, right]`` by the image
+    size (``inference/region_lora_sample.py`` ``prepare_text``: ``top / height``) and takes
+    ``math.ceil(y0 * feat_height)`` / ``math.floor(y1 * feat_height)`` (``region_lora/multi_lora_sample.py``
+    ``get_region_mask`` and the other box users). A canonical box holds those same doubles
+    (:func:`from_tlbr_pixels` divides the same way; a decimal ``d`` with integral ``d * size`` is the
+    double ``round(d * size) / size``), so the products, and any double rounding in them, are
+    upstream's: e.g. bottom 480 of 704 px on a 22-row grid gives ``480 / 704 * 22 = 14.999999999999998``
+    and ends at row 14, as upstream. The tests hold upstream's pixel form as the reference. A box thinner than one cell
+    comes out empty (``y0 >= y1`` or ``x0 >= x1``).
     """
     x0, y0, x1, y1 = box
-    eps = 1e-9  # keep exact cell boundaries exact despite float error (e.g. 0.3 * 10)
-    return (
-        math.ceil(y0 * grid_h - eps),
-        math.floor(y1 * grid_h + eps),
-        math.ceil(x0 * grid_w - eps),
-        math.floor(x1 * grid_w + eps),
-    )
+    return (math.ceil(y0 * grid_h), math.floor(y1 * grid_h), math.ceil(x0 * grid_w), math.floor(x1 * grid_w))
 
 
 def box_mask(box: Box, grid_h: int, grid_w: int, device: torch.device | str | None = None) -> torch.Tensor:

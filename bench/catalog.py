@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from bench.spec import DatasetSpec, load_spec
 
 REPO_DATASETS = Path(__file__).resolve().parents[1] / "datasets"
 
@@ -17,11 +20,24 @@ class DatasetSource:
     description: str = ""
 
 
-def builtin_datasets() -> list[DatasetSource]:
-    """The datasets shipped in the repository's ``datasets/`` folder."""
-    return [
-        DatasetSource("toy", REPO_DATASETS / "toy.yaml",
-                      "trained toy world: coloured shapes, 4 concept ED-LoRAs, toy CLIP and box classifier"),
-        DatasetSource("tiny", REPO_DATASETS / "tiny.yaml", "built-in tiny benchmark (generated offline on first use)"),
-        DatasetSource("paper", REPO_DATASETS / "paper.yaml", "LoRA-Composer paper: 16 concepts, 2-5-concept layouts"),
-    ]
+def paper_dataset() -> DatasetSource:
+    """The paper's dataset (its assets are the user's: ``bench check-assets --dataset paper``)."""
+    return DatasetSource("paper", REPO_DATASETS / "paper.yaml", "LoRA-Composer paper: 16 concepts, 2-5-concept layouts")
+
+
+class DatasetError(ValueError):
+    """A dataset name is neither registered nor a spec file; the message lists the known names."""
+
+
+def load_dataset(name_or_path: str, pm: Any = None) -> DatasetSpec:
+    """A dataset by registered name (from the plugins), or a spec file path."""
+    from bench.plugins import plugin_manager, registered_datasets
+
+    datasets: dict[str, DatasetSource] = registered_datasets(pm or plugin_manager())
+    if name_or_path in datasets:
+        return load_spec(datasets[name_or_path].spec_path)
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return load_spec(path)
+    raise DatasetError(f"--dataset: unknown dataset '{name_or_path}'; expected one of {sorted(datasets)} or a "
+                       "spec file")

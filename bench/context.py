@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -11,7 +11,8 @@ from diffusers import StableDiffusionPipeline
 from bench.assets import AssetResolver
 from bench.lora.canonical import ConceptLora
 from bench.lora.formats import check_lora_fits, load_lora
-from bench.models import load_base_model
+from bench.models import create, random_weights
+from bench.pipelines import load_base_model
 from bench.spec import Concept, DatasetSpec
 
 
@@ -35,6 +36,27 @@ class RunContext:
         self.dtype = dtype
         self._pipelines: dict[str, StableDiffusionPipeline] = {}
         self._loras: dict[str, ConceptLora] = {}
+        self._models: dict[tuple[str, str], Any] = {}
+        self.used: dict[tuple[str, str], bool] = {}  # (kind, ref) -> random weights, since begin_item()
+
+    def begin_item(self) -> None:
+        """Forget which models the previous item used (the runner calls it before each item)."""
+        self.used = {}
+
+    def models_used(self) -> list[dict[str, Any]]:
+        """The models the current item used: kind, reference, and whether their weights are random."""
+        return [{"kind": kind, "ref": ref, "random_weights": random} for (kind, ref), random in self.used.items()]
+
+    def _note(self, ref: str, kind: str) -> None:
+        self.used[(kind, ref)] = random_weights(ref, kind)
+
+    def model(self, ref: str, kind: str, where: str = "", **options: Any) -> Any:
+        """A model from the front door (:func:`bench.models.create`), made once per run and noted as used."""
+        key = (kind, ref)
+        if key not in self._models:
+            self._models[key] = create(ref, kind, where=where, dtype=self.dtype, **options)
+        self._note(ref, kind)
+        return self._models[key]
 
     def concept(self, concept_id: str) -> Concept:
         """The spec's concept by id."""
@@ -46,6 +68,7 @@ class RunContext:
         if ref not in self._pipelines:
             pipe = load_base_model(ref, where=f"{self.spec.path}: base_models.{style}", dtype=self.dtype)
             self._pipelines[ref] = pipe.to(self.device)
+        self._note(ref, "pipeline")
         return self._pipelines[ref]
 
     def concept_lora(self, concept_id: str) -> ConceptLora:
@@ -62,8 +85,3 @@ class RunContext:
     def reference_images(self, concept_id: str) -> list[Path]:
         """The concept's reference images, sorted by file name."""
         return self.assets.reference_images(concept_id)
-
-    @cached_property
-    def generator_device(self) -> torch.device:
-        """Noise is always drawn on the CPU (a seed means the same noise on any device)."""
-        return torch.device("cpu")

@@ -64,3 +64,19 @@ def attention_level(unet: nn.Module, name: str) -> int:
         if getattr(block, "upsamplers", None) is not None:
             factor //= 2
     raise KeyError(f"'{name}' is not inside down_blocks, mid_block or up_blocks of this UNet")
+
+
+def grid_at_level(latent_hw: tuple[int, int], level: int) -> tuple[int, int]:
+    """The attention grid ``(h, w)`` at a downsampling level of a latent ``(h, w)``.
+
+    Each level halves the grid, rounding up (stride-2 convolutions with padding 1 do).
+    """
+    h, w = latent_hw
+    while level > 1:
+        h, w, level = -(-h // 2), -(-w // 2), level // 2
+    return h, w
+
+
+def layers_at_level(unet: nn.Module, level: int) -> list[str]:
+    """Cross-attention module names at a downsampling level (block traversal order)."""
+    return [name for name in cross_attention_layers(unet) if attention_level(unet, name) == level]

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 class Generation:
     """A method's output for one (scene, seed): the image and a record of what it really did.
 
-    ``record`` holds the parameters actually used and, under ``"deviations"``, every way the
-    implementation departs from the upstream method.
+    ``record`` holds what the method reports about this image (resolved settings, schedules, losses);
+    the runner adds the parameters and the method's deviations from upstream (``MethodSpec.deviations``).
     """
 
     image: Image.Image
@@ -42,6 +42,8 @@ class MethodSpec:
 
     ``create(params)`` receives the defaults merged with the user's overrides. ``unavailable(params)``
     returns None when the method can run here with those parameters, or the exact steps to set it up.
+    ``reference`` marks the calibration's reference images (``oracle``, ``floor`` or ``probe``): not a
+    method under test, made by ``bench score`` beside the methods and shown apart in every table.
     """
 
     name: str
@@ -50,6 +52,7 @@ class MethodSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     deviations: tuple[str, ...] = ()
     unavailable: Callable[[Mapping[str, Any]], str | None] = staticmethod(lambda params: None)  # type: ignore[assignment]
+    reference: str | None = None
 
     def resolve_params(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults merged with overrides; an unknown parameter is an error."""

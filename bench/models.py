@@ -1,136 +1,134 @@
-"""Loading base models from local paths: a diffusers folder, a single-file checkpoint, or a built-in tiny model.
+"""The one front door for models: ``create(ref, kind)``, fed by the ``bench_models`` hook.
 
-There is no network at run time: a hub id fails at once with a message saying what to download
-and where to put it.
+A reference is ``builtin:NAME`` (a model a plugin builds: the random-weight world, the trained toy
+world) or anything else, which the kind's *loader* reads (a local diffusers folder, a weights file,
+an open_clip model name). Plugins declare both through :func:`bench.hookspecs.bench_models`, as
+open_clip's factory keeps many models behind ``create_model_and_transforms``.
+
+Kinds and what ``create`` returns for them:
+
+=============  ==========================================================================
+``pipeline``   a diffusers ``StableDiffusionPipeline`` (SD1.x family)
+``adapter``    a diffusers ``T2IAdapter``
+``inpainting``  a diffusers ``PaintByExamplePipeline``
+``clip``       :class:`ImageTextModel` (an open_clip model, its transform and tokenizer)
+``dino``       :class:`ImageModel` (a transformers ``Dinov2Model`` and its transform)
+``box_judge``  an object with the box-judge protocol of ``metrics.api.BoxJudge``
+``asset_root`` a :class:`pathlib.Path` holding a dataset's generated assets
+``oracle``     a callable ``(scene, concepts) -> PIL image``: a perfect render of a scene
+=============  ==========================================================================
+
+Nothing is fetched from the network: a hub id fails with the command that downloads it.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
-from pathlib import Path
-from zipfile import is_zipfile
-
-import torch
-from diffusers import StableDiffusionPipeline
-
-from bench.configs import sd15_config_dir
-from bench.tiny_models import build_tiny_pipeline, sd_scheduler
-from toyworld.models import load_toy_pipeline
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = {"tiny-sd": build_tiny_pipeline, "toy-sd": load_toy_pipeline}
+KINDS = ("pipeline", "adapter", "inpainting", "clip", "dino", "box_judge", "asset_root", "oracle")
 
 
 class ModelError(ValueError):
-    """A base model cannot be loaded; the message names the path and what was expected."""
+    """A model cannot be made; the message names the reference, where it came from and what was expected."""
 
 
-def load_base_model(
-    ref: str,
-    where: str = "base model",
-    dtype: torch.dtype = torch.float32,
-    *,
-    single_file_config: str | Path | None = None,
-) -> StableDiffusionPipeline:
-    """Load a Stable Diffusion 1.x pipeline from ``builtin:NAME``, a diffusers folder or a single file.
+@dataclass(frozen=True)
+class ModelSource:
+    """One way to make a model of a kind.
 
-    ``where`` names the spec field the reference came from, for error messages. A single file
-    (``.safetensors``/``.ckpt``, original LDM key layout) is built with the diffusers configs in
-    ``single_file_config`` (a local diffusers folder; weights not needed), by default the shipped
-    SD1.5 configs; it is ignored for the other kinds of reference.
+    With a ``name`` it is the built-in ``builtin:<name>``: ``build(**options)`` makes it. Without one
+    it is the kind's loader of every other reference: ``build(ref, **options)``. ``random_weights``
+    marks models whose outputs carry no signal (tests and smoke runs): every table marks their rows.
     """
-    if ref.startswith(BUILTIN_PREFIX):
-        name = ref[len(BUILTIN_PREFIX) :]
-        if name not in BUILTIN_MODELS:
-            raise ModelError(f"{where}: unknown built-in model '{ref}'; expected one of "
-                             f"{[BUILTIN_PREFIX + n for n in BUILTIN_MODELS]}")
-        pipe = BUILTIN_MODELS[name]()
-    else:
-        pipe = _load_local(Path(ref).expanduser(), ref, where, dtype, single_file_config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe if pipe.unet.dtype == dtype else pipe.to(dtype=dtype)
+
+    kind: str
+    build: Callable[..., Any]
+    name: str | None = None
+    description: str = ""
+    random_weights: bool = False
 
 
-def _load_local(
-    path: Path, ref: str, where: str, dtype: torch.dtype, single_file_config: str | Path | None
-) -> StableDiffusionPipeline:
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise ModelError(f"{where}: '{path}' is a folder without model_index.json; expected a diffusers "
-                             "pipeline folder (as written by save_pretrained)")
-        pipe = StableDiffusionPipeline.from_pretrained(
-            path, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
-        )
-    elif path.is_file():
-        if path.suffix not in (".safetensors", ".ckpt"):
-            raise ModelError(f"{where}: '{path}' has suffix '{path.suffix}'; expected a diffusers folder, "
-                             "a .safetensors or a .ckpt file")
-        pipe = _load_single_file(path, where, dtype, single_file_config)
-    elif looks_like_hub_id(ref):
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        raise ModelError(
-            f"{where}: '{ref}' looks like a Hugging Face hub id, and the bench loads models only from local "
-            f"paths{' (HF_HUB_OFFLINE is set)' if offline else ''}. Download it on a machine with network, e.g. "
-            f"`huggingface-cli download {ref} --local-dir models/{ref.split('/')[-1]}`, then give that folder's path."
-        )
-    else:
-        raise ModelError(f"{where}: '{path}' does not exist; expected a diffusers folder, a .safetensors or "
-                         "a .ckpt file")
-    pipe.scheduler = type(sd_scheduler()).from_config(pipe.scheduler.config)
-    return pipe
+@dataclass(frozen=True)
+class ImageTextModel:
+    """A CLIP: the open_clip model, its evaluation transform, its tokenizer, and what identifies it."""
+
+    model: Any
+    preprocess: Callable[[Any], Any]
+    tokenizer: Callable[[Any], Any]
+    name: str
+    weights: str
 
 
-def _load_single_file(
-    path: Path, where: str, dtype: torch.dtype, config: str | Path | None
-) -> StableDiffusionPipeline:
-    config_dir = sd15_config_dir() if config is None else _user_config_dir(Path(config).expanduser(), where)
-    if path.suffix == ".ckpt":
-        _check_weights_only(path, where)
+@dataclass(frozen=True)
+class ImageModel:
+    """An image encoder (a transformers DINOv2): the model and what identifies it."""
+
+    model: Any
+    name: str
+    weights: str
+
+
+def is_builtin(ref: object) -> bool:
+    """True for ``builtin:NAME`` references."""
+    return isinstance(ref, str) and ref.startswith(BUILTIN_PREFIX)
+
+
+def builtin_name(ref: str) -> str:
+    """``NAME`` of ``builtin:NAME``."""
+    return ref[len(BUILTIN_PREFIX) :]
+
+
+def model_sources(pm: Any = None) -> list[ModelSource]:
+    """Every model source the loaded plugins declare (``pm``: default, the process's plugin manager)."""
+    if pm is None:
+        from bench.plugins import plugin_manager
+
+        pm = plugin_manager()
+    return [source for batch in pm.hook.bench_models() for source in batch or []]
+
+
+def builtins(kind: str, pm: Any = None) -> dict[str, ModelSource]:
+    """The built-in models of a kind, by name."""
+    return {s.name: s for s in model_sources(pm) if s.kind == kind and s.name is not None}
+
+
+def source_of(ref: str, kind: str, *, where: str = "", pm: Any = None) -> ModelSource:
+    """The source that makes ``ref`` as a ``kind``; an unknown built-in or kind is a ModelError."""
+    if kind not in KINDS:
+        raise ModelError(f"{where or 'model'}: unknown model kind '{kind}'; expected one of {list(KINDS)}")
+    sources = [s for s in model_sources(pm) if s.kind == kind]
+    if is_builtin(ref):
+        named = {s.name: s for s in sources if s.name is not None}
+        if builtin_name(ref) not in named:
+            known = [BUILTIN_PREFIX + n for n in sorted(named)]
+            raise ModelError(f"{where or 'model'}: unknown built-in {kind} '{ref}'; expected one of {known}")
+        return named[builtin_name(ref)]
+    loaders = [s for s in sources if s.name is None]
+    if not loaders:
+        raise ModelError(f"{where or 'model'}: no plugin loads a {kind} from '{ref}'; expected a built-in "
+                         f"{[BUILTIN_PREFIX + s.name for s in sources if s.name]}")
+    return loaders[-1]
+
+
+def create(ref: str, kind: str, *, where: str = "", pm: Any = None, **options: Any) -> Any:
+    """Make the model ``ref`` of ``kind`` (see the module docstring); ``where`` names the field it came from."""
+    source = source_of(ref, kind, where=where, pm=pm)
+    if source.name is not None:
+        return source.build(**options)
+    return source.build(ref, where=where or kind, **options)
+
+
+def random_weights(ref: str, kind: str, pm: Any = None) -> bool:
+    """True when ``ref`` is a built-in whose weights are random (its outputs carry no signal)."""
+    if not is_builtin(ref):
+        return False
     try:
-        return StableDiffusionPipeline.from_single_file(
-            str(path),
-            config=str(config_dir),
-            torch_dtype=dtype,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-            local_files_only=True,
-        )
-    except Exception as err:  # diffusers raises many types; all mean "this file does not fit these configs"
-        raise ModelError(
-            f"{where}: '{path}' could not be loaded as a single-file Stable Diffusion checkpoint with the "
-            f"diffusers configs in '{config_dir}' ({type(err).__name__}: {err}); expected an original-layout "
-            "(LDM) checkpoint of the model family those configs describe (default: SD1.x); for another "
-            "family pass single_file_config=<a diffusers folder of that family>"
-        ) from err
-
-
-def _user_config_dir(config: Path, where: str) -> Path:
-    if not (config / "model_index.json").is_file():
-        raise ModelError(
-            f"{where}: single_file_config '{config}' is not a folder with model_index.json; expected a local "
-            "diffusers pipeline folder (configs are enough: model_index.json, unet/, vae/, text_encoder/, "
-            "tokenizer/, scheduler/)"
-        )
-    return config
-
-
-def _check_weights_only(path: Path, where: str) -> None:
-    """Refuse a .ckpt whose pickle holds anything but tensors and plain containers; runs none of it."""
-    try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        raise ModelError(
-            f"{where}: '{path}' holds pickled objects other than tensors (possibly code) and is refused "
-            f"({str(err).splitlines()[0]}); expected a plain state dict; convert it to .safetensors on a "
-            "machine you trust"
-        ) from err
-    except Exception as err:
-        raise ModelError(
-            f"{where}: '{path}' is not a readable torch checkpoint ({type(err).__name__}: {err}); expected a "
-            ".ckpt written by torch.save"
-        ) from err
+        return source_of(ref, kind, pm=pm).random_weights
+    except ModelError:
+        return False
 
 
 def looks_like_hub_id(ref: str) -> bool:

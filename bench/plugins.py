@@ -3,6 +3,9 @@
 Plugins come from three places: the built-in modules below, installed distributions that declare
 the ``lcbench`` entry-point group, and local files given with ``--plugins path.py``. When the
 environment variable ``LCBENCH_PLUGINS`` is set (comma-separated plugin names), only those load.
+
+As in datasette, the process has one current manager (:func:`plugin_manager`), made on first use;
+the ``bench`` command makes it with its ``--plugins`` files and installs it with :func:`use_plugin_manager`.
 """
 
 from __future__ import annotations
@@ -18,17 +21,19 @@ from typing import Any
 import pluggy
 
 from bench import hookspecs
-from bench.methods import MethodSpec
 
 ENTRY_POINT_GROUP = "lcbench"
 ENV_LIMIT = "LCBENCH_PLUGINS"
 BUILTIN_PLUGINS = (
     "bench.builtin",
-    "baselines.plugin",
     "composer.plugin",
+    "baselines.plugin",
     "metrics.plugin",
-    "baselines.plugin_external",
+    "randomworld.plugin",
+    "toyworld.plugin",
+    "calibration.plugin",
 )
+_current: pluggy.PluginManager | None = None
 
 
 class PluginError(RuntimeError):
@@ -59,6 +64,22 @@ def get_plugin_manager(plugin_files: Sequence[str | Path] = ()) -> pluggy.Plugin
     return pm
 
 
+def plugin_manager() -> pluggy.PluginManager:
+    """The process's current plugin manager (built-in and installed plugins unless one was installed)."""
+    global _current
+    if _current is None:
+        _current = get_plugin_manager()
+    return _current
+
+
+def use_plugin_manager(pm: pluggy.PluginManager | None) -> pluggy.PluginManager | None:
+    """Make ``pm`` the process's current plugin manager (None: a fresh default one on next use); returns the
+    previous one (None if there was none yet), so a caller can put it back."""
+    global _current
+    previous, _current = _current, pm
+    return previous
+
+
 def _load_file(path: Path) -> Any:
     if not path.is_file():
         raise PluginError(f"--plugins: '{path}' does not exist; expected a Python file with @hookimpl functions")
@@ -80,8 +101,8 @@ def _collect(results: Iterable[list | None], kind: str) -> dict[str, Any]:
     return dict(sorted(found.items()))
 
 
-def registered_methods(pm: pluggy.PluginManager) -> dict[str, MethodSpec]:
-    """Every method the loaded plugins provide, by name."""
+def registered_methods(pm: pluggy.PluginManager) -> dict[str, Any]:
+    """Every method (:class:`bench.methods.MethodSpec`) the loaded plugins provide, by name."""
     return _collect(pm.hook.bench_methods(), "method")
 
 

@@ -1,7 +1,9 @@
 """The runner: plans (method x scene x seed), shards the plan across ranks, writes the run store.
 
-A killed run resumes: items whose record exists are skipped. A failed item (exception,
-out-of-memory, non-finite output) is recorded and the run goes on.
+The run folder is self-contained: rank 0 writes the resolved spec and the manifest; every item's
+record holds the method's parameters and deviations (written here, once) and what the method
+reports it did. A killed run resumes: items whose record exists are skipped. A failed item
+(exception, out-of-memory, non-finite output) is recorded and the run goes on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from tqdm import tqdm
 from bench.assets import AssetResolver, format_missing, missing_assets
 from bench.context import RunContext
 from bench.methods import Method, MethodSpec, NonFiniteOutput
+from bench.models import is_builtin
+from bench.resolved import resolved_document
 from bench.seeds import scene_seeds
 from bench.spec import DatasetSpec
 from bench.store import ItemKey, RunStore, StoreError
@@ -73,15 +77,21 @@ def shard_from_env() -> tuple[int, int]:
 
 
 def plan_items(
-    spec: DatasetSpec, methods: Sequence[MethodRequest], scene_ids: Sequence[str], seeds: int, scheme: str
+    spec: DatasetSpec, methods: Sequence[MethodRequest], scene_ids: Sequence[str], seeds: int, scheme: str,
+    item_major: bool = False,
 ) -> list[PlannedItem]:
-    """Every (method, scene, seed index) of the run, in a fixed order."""
-    items = []
-    for method in methods:
-        for scene_id in scene_ids:
-            for index, seed in enumerate(scene_seeds(spec.scenes[scene_id], seeds, scheme)):
-                items.append(PlannedItem(ItemKey(method.key, scene_id, index), seed))
-    return items
+    """Every (method, scene, seed index) of the run, in a fixed order: method by method, or with
+    ``item_major`` scene by scene and seed by seed (every method's image of one item in a row)."""
+    items = [
+        (m, PlannedItem(ItemKey(method.key, scene_id, index), seed))
+        for m, method in enumerate(methods)
+        for scene_id in scene_ids
+        for index, seed in enumerate(scene_seeds(spec.scenes[scene_id], seeds, scheme))
+    ]
+    if item_major:
+        scene_order = {s: n for n, s in enumerate(scene_ids)}
+        items.sort(key=lambda pair: (scene_order[pair[1].key.scene], pair[1].key.index, pair[0]))
+    return [item for _, item in items]
 
 
 def build_manifest(
@@ -92,15 +102,20 @@ def build_manifest(
     seeds: int,
     scheme: str,
     benchmark: str | None,
+    spec_hash: str | None = None,
 ) -> dict[str, Any]:
-    """The run's manifest: enough to reproduce it (spec hash, params, versions, git revision)."""
+    """The run's manifest: enough to reproduce it (spec hash, params, versions, git revision).
+
+    ``spec_hash`` overrides the spec's own hash (a run folder's resolved spec stands for the spec it was
+    resolved from).
+    """
     return {
         "format": "lcbench-run/1",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": {
             "name": spec.name,
             "path": str(spec.path),
-            "spec_hash": spec.spec_hash(),
+            "spec_hash": spec_hash or spec.spec_hash(),
             "asset_root": str(assets.root),
         },
         "benchmark": benchmark,
@@ -113,6 +128,7 @@ def build_manifest(
                 "params": dict(m.params),
                 "description": m.spec.description,
                 "deviations": list(m.spec.deviations),
+                "reference": m.spec.reference,
             }
             for m in methods
         },
@@ -194,8 +210,14 @@ def run_benchmark(
     retry_failed: bool = False,
     quiet: bool = False,
     shard: tuple[int, int] | None = None,
+    spec_hash: str | None = None,
+    item_major: bool = False,
 ) -> RunSummary:
-    """Generate every planned item of this process's shard into the run folder ``out``."""
+    """Generate every planned item of this process's shard into the run folder ``out``.
+
+    ``spec_hash``: the hash the run folder knows the spec by, when ``spec`` is a run's own resolved spec.
+    ``item_major``: make every method's image of one (scene, seed) in a row (see :func:`plan_items`).
+    """
     rank, world = shard or shard_from_env()
     if device == "cuda" and world > 1:
         device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
@@ -206,7 +228,7 @@ def run_benchmark(
     except (ValueError, OSError) as err:  # LoraError, AssetError, ModelError name the file and field
         raise RunError(f"{err}\nNothing was generated.") from err
     store = RunStore(out)
-    manifest = build_manifest(spec, assets, methods, scene_ids, seeds, scheme, benchmark)
+    manifest = build_manifest(spec, assets, methods, scene_ids, seeds, scheme, benchmark, spec_hash)
     try:
         lock = store.lock(rank)
     except StoreError as err:
@@ -215,10 +237,12 @@ def run_benchmark(
         if rank == 0:
             if store.manifest_path.is_file():
                 manifest = merge_manifest(store.read_manifest(), manifest, out)
+            root = assets.root_ref if is_builtin(assets.root_ref) else assets.root
+            store.write_spec(resolved_document(spec, root))
             store.write_manifest(manifest)
         if world == 1:  # with several ranks a temporary file may belong to a live writer
             store.clean_temporaries()
-        items = plan_items(spec, methods, scene_ids, seeds, scheme)[rank::world]
+        items = plan_items(spec, methods, scene_ids, seeds, scheme, item_major)[rank::world]
         return _generate(store, ctx, methods, items, retry_failed, quiet, rank)
     finally:
         lock.release()
@@ -246,14 +270,17 @@ def _generate(
         base = {
             "method_name": request.spec.name,
             "params": dict(request.params),
+            "deviations": list(request.spec.deviations),
             "rank": rank,
             "finished": None,
         }
+        ctx.begin_item()
         try:
             if item.key.method not in instances:
                 instances[item.key.method] = request.spec.create(dict(request.params))
             generation = instances[item.key.method].generate(scene, item.seed, ctx)
-            record = dict(base, status="ok", error=None, error_kind=None, record=generation.record)
+            record = dict(base, status="ok", error=None, error_kind=None, models=ctx.models_used(),
+                          record=generation.record)
             image = generation.image
         except Exception as err:  # noqa: BLE001 - a failed item is recorded and the run goes on
             kind = _error_kind(err)

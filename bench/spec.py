@@ -1,7 +1,10 @@
 """Dataset specs: YAML files under ``datasets/`` loaded once into frozen dataclasses.
 
 A spec file holds concepts, scenes and benchmarks. Loading validates every field and raises one
-:class:`SpecError` naming the file, the field and what was expected. Unknown keys are errors.
+:class:`SpecError` naming the file, the YAML line, the field and what was expected. Unknown keys are errors,
+and so is a key written twice in one mapping. The YAML reader is bounded: nesting depth and the content
+that aliases (``*name``) repeat are capped, and an error message quotes at most a few hundred characters
+of the offending value.
 """
 
 from __future__ import annotations
@@ -9,27 +12,117 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from bench.boxes import Box, validate_box
 
 STYLES = ("real", "anime")
 ADAPTER_KINDS = ("sketch", "pose")
 SEED_SCHEMES = ("paper", "offset")
+# Whether a scene runs by default: 'ok', or a fact about the upstream scripts the layout was transcribed from.
+SCENE_STATUSES = ("ok", "disabled-upstream", "broken-upstream")
+
+MAX_SEED = 2**63 - 1  # a seed must fit a signed 64-bit integer (torch.Generator.manual_seed, JSON readers)
+MAX_ID_LENGTH = 128  # ids become folder and file names
+MAX_YAML_DEPTH = 64  # nesting levels of one spec file (a spec needs 7)
+MAX_ALIAS_EXPANSION = 250_000  # characters (plus one per node) that aliases may repeat in one file
+_QUOTE_LIMIT = 200  # characters of an offending value an error message quotes
 
 
 class SpecError(ValueError):
-    """A spec file is invalid; the message names the file, the field and the expected value."""
+    """A spec file is invalid; the message names the file, the YAML line, the field and the expected value.
 
-    def __init__(self, file: str | Path, field_path: str, expected: str, got: Any = None):
+    ``line`` and ``column`` (1-based) are set when the position in the YAML text is known; the message then
+    reads ``"{file}: line L, column C: field '{path}': expected {what} (got {value})"``. The quoted value is
+    cut to a few hundred characters (its type and length are added when it is cut).
+    """
+
+    def __init__(
+        self,
+        file: str | Path,
+        field_path: str,
+        expected: str,
+        got: Any = None,
+        *,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
         self.file, self.field_path, self.expected = str(file), field_path, expected
-        got_text = "" if got is None else f" (got {got!r})"
-        super().__init__(f"{file}: field '{field_path}': expected {expected}{got_text}")
+        self.got, self.line, self.column = got, line, column
+        where = ""
+        if line is not None and not field_path.startswith("<yaml"):  # '<yaml line L, column C>' says it already
+            where = f"line {line}: " if column is None else f"line {line}, column {column}: "
+        got_text = "" if got is None else f" (got {quote_value(got)})"
+        super().__init__(f"{file}: {where}field '{field_path}': expected {expected}{got_text}")
+
+    def located(self, line: int | None, column: int | None) -> SpecError:
+        """The same error at a YAML position."""
+        return SpecError(self.file, self.field_path, self.expected, self.got, line=line, column=column)
+
+
+def quote_value(value: Any, limit: int = _QUOTE_LIMIT) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, doing bounded work however large the value is.
+
+    A cut text ends in an ellipsis and names the value's type and length, e.g.
+    ``'aaaa…' (str of 5000 characters)``.
+    """
+    text = _bounded_repr(value, limit + 1, 0)
+    if len(text) <= limit:
+        return text
+    size = ""
+    if isinstance(value, str | bytes):
+        size = f" of {len(value)} characters" if isinstance(value, str) else f" of {len(value)} bytes"
+    elif isinstance(value, list | tuple | dict | set | frozenset):
+        size = f" of {len(value)} items"
+    return f"{text[:limit]}… ({type(value).__name__}{size})"
+
+
+def _bounded_repr(value: Any, budget: int, depth: int) -> str:
+    """repr(value), but stops once ``budget`` characters are written (and below 20 levels)."""
+    if depth > 20:
+        return "..."
+    kind = type(value)
+    if kind is str or kind is bytes:
+        return repr(value[: budget + 1])
+    if kind in (list, tuple, dict):
+        opening, closing = {list: "[]", tuple: "()", dict: "{}"}[kind]
+        parts: list[str] = []
+        used = 1
+        items = value.items() if kind is dict else value
+        for item in items:
+            if used > budget:
+                parts.append("...")
+                break
+            if kind is dict:
+                key = _bounded_repr(item[0], budget - used, depth + 1)
+                text = f"{key}: {_bounded_repr(item[1], budget - used - len(key), depth + 1)}"
+            else:
+                text = _bounded_repr(item, budget - used, depth + 1)
+            parts.append(text)
+            used += len(text) + 2
+        if kind is tuple and len(parts) == 1 and len(value) == 1:
+            return f"({parts[0]},)"
+        return opening + ", ".join(parts) + closing
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than Python prints
+        return f"<{kind.__name__} too large to print>"
+    return text[: budget + 1]
+
+
+def _key_text(key: Any) -> str:
+    """A mapping key as it appears in a field path, cut to 80 characters."""
+    try:
+        text = str(key)
+    except ValueError:  # an int of more digits than Python prints
+        text = f"<{type(key).__name__} too large to print>"
+    return text if len(text) <= 80 else text[:80] + "…"
 
 
 @dataclass(frozen=True)
@@ -51,6 +144,22 @@ class Concept:
     def token_list(self) -> tuple[str, ...]:
         """The individual concept tokens, e.g. ('<catA1>', '<catA2>')."""
         return tuple(self.tokens.split())
+
+
+def substitute_classes(prompt: str, concepts: Iterable[Concept]) -> str:
+    """Replace each concept's token string (e.g. ``'<catA1> <catA2>'``) by its class name.
+
+    The whole token sequence becomes one class word; a token of the concept that appears alone is
+    replaced by the class word too. Runs of whitespace are collapsed.
+    """
+    text = prompt
+    for concept in concepts:
+        tokens = concept.token_list
+        sequence = r"\s+".join(re.escape(t) for t in tokens)
+        text = re.sub(sequence, concept.class_name, text)
+        for token in tokens:
+            text = text.replace(token, concept.class_name)
+    return " ".join(text.split())
 
 
 @dataclass(frozen=True)
@@ -79,6 +188,10 @@ class Scene:
     adapter_global_weights: Mapping[str, float] = field(default_factory=dict)
     image_guidance: bool = False
     style: str = "real"
+    # 'ok', 'disabled-upstream' (the upstream script switches it off) or 'broken-upstream' (it cannot run
+    # there); with a one-line reason when not 'ok'. Not part of the spec hash: it changes no image.
+    status: str = "ok"
+    status_reason: str = ""
 
     @property
     def concept_ids(self) -> tuple[str, ...]:
@@ -98,16 +211,22 @@ class Benchmark:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """How a dataset wants its images scored; every field optional, paths as written in the spec."""
+    """How a dataset wants its images scored; every field optional, paths as written in the spec.
+
+    ``oracle`` names a renderer of perfect images of the dataset's scenes (``builtin:NAME``, kind
+    ``oracle``), the calibration's oracle; without one, each concept's reference image is pasted
+    into its box.
+    """
 
     clip_model: str | None = None
     clip_weights: str | None = None
     classifier: str | None = None
+    oracle: str | None = None
 
     @property
     def is_set(self) -> bool:
         """True when any field is given."""
-        return any(v is not None for v in (self.clip_model, self.clip_weights, self.classifier))
+        return any(v is not None for v in (self.clip_model, self.clip_weights, self.classifier, self.oracle))
 
 
 @dataclass(frozen=True)
@@ -129,7 +248,8 @@ class DatasetSpec:
         """A stable hash of the spec's content (not its location).
 
         Optional fields added later (concept attributes, ``evaluation``) enter the hash only when set,
-        so the hashes of specs that do not use them stay what they were.
+        so the hashes of specs that do not use them stay what they were. A scene's ``status`` and
+        ``status_reason`` never enter it: they say whether upstream runs a layout, not what it generates.
         """
         payload: dict[str, Any] = {
             "name": self.name,
@@ -141,6 +261,18 @@ class DatasetSpec:
         if self.evaluation.is_set:
             payload["evaluation"] = {k: v for k, v in asdict(self.evaluation).items() if v is not None}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+    def runnable_scenes(self, scene_ids: Iterable[str] | None = None, include_disabled: bool = False) -> list[str]:
+        """The ids of ``scene_ids`` (default: every scene, in spec order) whose status is 'ok'.
+
+        With ``include_disabled`` every given id is kept, whatever its status. An id the spec does not
+        define raises :class:`SpecError`.
+        """
+        ids = list(self.scenes) if scene_ids is None else list(scene_ids)
+        for sid in ids:
+            if sid not in self.scenes:
+                raise SpecError(self.path, "scenes", f"scene ids defined in 'scenes' {sorted(self.scenes)}", sid)
+        return [sid for sid in ids if include_disabled or self.scenes[sid].status == "ok"]
 
     def scene_concepts(self, scene: Scene) -> list[str]:
         """Ids of the concepts a scene uses: its regions' (first occurrence order), then its background's."""
@@ -173,6 +305,7 @@ def _concept_to_plain(concept: Concept) -> dict[str, Any]:
 
 def _scene_to_plain(scene: Scene) -> dict[str, Any]:
     plain = asdict(scene)
+    del plain["status"], plain["status_reason"]  # not content: see DatasetSpec.spec_hash
     plain["regions"] = [dict(asdict(r), box=list(r.box)) for r in scene.regions]
     return plain
 
@@ -181,7 +314,9 @@ def _scene_to_plain(scene: Scene) -> dict[str, Any]:
 # Validation helpers
 
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_.+\-]+$")
+# Ids name folders and files: letters, digits, '_', '-', '+' and '.', never leading (so never '.' or '..').
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]*")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.+\-]+")  # attribute names (never a path)
 _TOKEN_RE = re.compile(r"^<[^<>\s]+>$")
 
 
@@ -191,9 +326,9 @@ class _Fields:
     def __init__(self, file: Path, where: str, data: Any, allowed: tuple[str, ...]):
         if not isinstance(data, Mapping):
             raise SpecError(file, where or "<top>", "a mapping", type(data).__name__)
-        unknown = sorted(set(data) - set(allowed))
+        unknown = sorted(set(data) - set(allowed), key=str)
         if unknown:
-            raise SpecError(file, _join(where, str(unknown[0])), f"one of the known keys {list(allowed)}")
+            raise SpecError(file, _join(where, _key_text(unknown[0])), f"one of the known keys {list(allowed)}")
         self.file, self.where, self.data = file, where, data
 
     def path(self, key: str) -> str:
@@ -214,7 +349,10 @@ class _Fields:
             raise SpecError(self.file, self.path(key), "a string", value)
         return value
 
-    def integer(self, key: str, default: int | None = None, minimum: int | None = None) -> int:
+    def integer(
+        self, key: str, default: int | None = None, minimum: int | None = None, maximum: int | None = None,
+        maximum_why: str = "",
+    ) -> int:
         value = self.data.get(key)
         if value is None:
             value = default
@@ -224,6 +362,8 @@ class _Fields:
             raise SpecError(self.file, self.path(key), "an integer", value)
         if minimum is not None and value < minimum:
             raise SpecError(self.file, self.path(key), f"an integer >= {minimum}", value)
+        if maximum is not None and value > maximum:
+            raise SpecError(self.file, self.path(key), f"an integer <= {maximum}{maximum_why}", value)
         return value
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -239,7 +379,7 @@ class _Fields:
         out: dict[str, float] = {}
         for kind, value in raw.items():
             if kind not in ADAPTER_KINDS:
-                raise SpecError(self.file, _join(self.path(key), str(kind)), f"one of {list(ADAPTER_KINDS)}")
+                raise SpecError(self.file, _join(self.path(key), _key_text(kind)), f"one of {list(ADAPTER_KINDS)}")
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise SpecError(self.file, _join(self.path(key), kind), "a number", value)
             out[kind] = float(value)
@@ -251,8 +391,14 @@ def _join(where: str, key: str) -> str:
 
 
 def _check_id(file: Path, where: str, value: Any) -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
-        raise SpecError(file, where, "an id of letters, digits, '_', '-', '.', '+'", value)
+    if not isinstance(value, str) or len(value) > MAX_ID_LENGTH or not _ID_RE.fullmatch(value):
+        raise SpecError(
+            file,
+            where,
+            f"an id of letters, digits, '_', '-', '.', '+' that starts with a letter or digit "
+            f"(at most {MAX_ID_LENGTH} characters)",
+            value,
+        )
     return value
 
 
@@ -261,18 +407,233 @@ def _check_id(file: Path, where: str, value: Any) -> str:
 
 
 def load_spec(path: str | Path, size_multiple: int = 8) -> DatasetSpec:
-    """Load and validate one spec file. ``size_multiple`` is the pixel multiple the models need."""
+    """Load and validate one spec file. ``size_multiple`` is the pixel multiple the models need.
+
+    Every problem raises one :class:`SpecError` naming the file, the YAML line and column (where the
+    text has them) and the field.
+    """
     file = Path(path)
+    data, positions = _read_yaml(file)
     try:
-        text = file.read_text(encoding="utf-8")
+        return _build_spec(file, data, size_multiple)
+    except SpecError as err:
+        if err.line is not None:
+            raise
+        line, column = _position_of(positions, err.field_path)
+        raise err.located(line, column) from err.__cause__
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the YAML text
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_Position = tuple[int, int]  # 1-based (line, column)
+
+
+def _yaml_where(mark: Any) -> str:
+    return f"<yaml line {mark.line + 1}, column {mark.column + 1}>"
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with bounded nesting and bounded alias expansion.
+
+    Aliases (``*name``) stay allowed, so a long negative prompt can be written once, but the content they
+    repeat is counted (characters of scalars plus one per node, nested aliases included) and an alias that
+    takes the file's total beyond :data:`MAX_ALIAS_EXPANSION` is refused, as is an alias inside its own
+    anchor. Values that PyYAML cannot build (``!!int x``, a 5000-digit number) become YAML errors with a
+    position instead of raw tracebacks.
+    """
+
+    def __init__(self, text: str, file: Path) -> None:
+        super().__init__(text)
+        self.spec_file = file
+        self._depth = 0
+        self._open_anchors: list[str] = []
+        self._expanded = 0
+        self._sizes: dict[int, int] = {}
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            if event.anchor in self._open_anchors:
+                raise SpecError(
+                    self.spec_file, _yaml_where(event.start_mark),
+                    f"an alias to a finished anchor (alias '*{_key_text(event.anchor)}' is inside "
+                    "the node it names)",
+                    line=event.start_mark.line + 1, column=event.start_mark.column + 1,
+                )
+            self._expanded += self._size(node)
+            if self._expanded > MAX_ALIAS_EXPANSION:
+                raise SpecError(
+                    self.spec_file, _yaml_where(event.start_mark),
+                    f"YAML aliases that repeat at most {MAX_ALIAS_EXPANSION} characters in all (alias "
+                    f"'*{_key_text(event.anchor)}' here brings the total to {self._expanded}; write "
+                    "the repeated part out, or repeat less)",
+                    line=event.start_mark.line + 1, column=event.start_mark.column + 1,
+                )
+            return node
+        if self._depth >= MAX_YAML_DEPTH:
+            raise SpecError(
+                self.spec_file, _yaml_where(event.start_mark),
+                f"at most {MAX_YAML_DEPTH} levels of nested lists and mappings",
+                line=event.start_mark.line + 1, column=event.start_mark.column + 1,
+            )
+        self._depth += 1
+        if event.anchor is not None:
+            self._open_anchors.append(event.anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            if event.anchor is not None:
+                self._open_anchors.pop()
+
+    def _size(self, node: Node) -> int:
+        """Characters of the node's scalars plus one per node, aliases expanded (memoised per node)."""
+        key = id(node)
+        if key not in self._sizes:
+            if isinstance(node, ScalarNode):
+                size = 1 + len(node.value)
+            elif isinstance(node, SequenceNode):
+                size = 1 + sum(self._size(child) for child in node.value)
+            else:
+                size = 1 + sum(self._size(k) + self._size(v) for k, v in node.value)
+            self._sizes[key] = size
+        return self._sizes[key]
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, AttributeError, OverflowError, KeyError, IndexError) as err:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            value = quote_value(node.value, 60) if isinstance(node, ScalarNode) else "this value"
+            why = f" ({err})" if isinstance(err, ValueError | OverflowError) else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {value} as {tag}{why}", node.start_mark
+            ) from err
+
+
+def _read_yaml(file: Path) -> tuple[Any, dict[str, _Position]]:
+    """The file's data and the position of every field path in it (see :func:`_index_nodes`)."""
+    try:
+        raw = file.read_bytes()
     except FileNotFoundError as err:
         raise SpecError(file, "<file>", "an existing YAML spec file") from err
+    except OSError as err:
+        raise SpecError(file, "<file>", f"a readable YAML spec file ({err.strerror or err})") from err
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        line_start = raw.rfind(b"\n", 0, err.start) + 1
+        column = len(raw[line_start:err.start].decode("utf-8", "replace")) + 1
+        raise SpecError(
+            file, f"<yaml line {line}, column {column}>", f"UTF-8 text ({err.reason})",
+            raw[err.start:err.end], line=line, column=column,
+        ) from err
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # as Path.read_text reads it
+    loader: _SpecLoader | None = None
+    try:
+        loader = _SpecLoader(text, file)  # the reader checks every character here
+        node = loader.get_single_node()
+        positions = _index_nodes(loader, node)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.reader.ReaderError as err:
+        line = text.count("\n", 0, err.position) + 1
+        column = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        raise SpecError(
+            file, f"<yaml line {line}, column {column}>", f"well-formed YAML ({err.reason})",
+            chr(err.character) if isinstance(err.character, int) else err.character, line=line, column=column,
+        ) from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f"<yaml line {mark.line + 1}, column {mark.column + 1}>" if mark else "<yaml>"
-        raise SpecError(file, where, f"well-formed YAML ({getattr(err, 'problem', err)})") from err
+        where = _yaml_where(mark) if mark else "<yaml>"
+        problem = str(getattr(err, "problem", None) or err)
+        if len(problem) > _QUOTE_LIMIT:
+            problem = problem[:_QUOTE_LIMIT] + "…"
+        raise SpecError(
+            file, where, f"well-formed YAML ({problem})",
+            line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None,
+        ) from err
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return data, positions
+
+
+def _index_nodes(loader: _SpecLoader, root: Node | None) -> dict[str, _Position]:
+    """Map each field path (``scenes[0].regions[1].box``) to the position where the file writes it.
+
+    A mapping entry is at its key, a list item at the item. Refuses a key written twice in one mapping
+    (PyYAML would silently keep the last value), naming the key and both lines.
+    """
+    positions: dict[str, _Position] = {}
+    if root is None:
+        return {"": (1, 1)}
+
+    def at(node: Node) -> _Position:
+        return node.start_mark.line + 1, node.start_mark.column + 1
+
+    def walk(node: Node, path: str) -> None:
+        if isinstance(node, SequenceNode):
+            for i, child in enumerate(node.value):
+                child_path = f"{path}[{i}]"
+                positions.setdefault(child_path, at(child))
+                walk(child, child_path)
+        elif isinstance(node, MappingNode):
+            seen: dict[Any, Node] = {}
+            merged: list[Node] = []
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:  # '<<: *base' keys: explicit keys win, so index them last
+                    merged.extend(value_node.value if isinstance(value_node, SequenceNode) else [value_node])
+                    continue
+                if not isinstance(key_node, ScalarNode):
+                    continue  # the constructor refuses unhashable keys with its own message
+                key = loader.construct_object(key_node)
+                child_path = _join(path, _key_text(key))
+                if key in seen:
+                    first = seen[key]
+                    raise SpecError(
+                        loader.spec_file, child_path,
+                        f"each key once per mapping ({quote_value(key)} is written on line {at(first)[0]} "
+                        f"and again on line {at(key_node)[0]})",
+                        line=at(key_node)[0], column=at(key_node)[1],
+                    )
+                seen[key] = key_node
+                positions[child_path] = at(key_node)
+                walk(value_node, child_path)
+            for base in merged:
+                if isinstance(base, MappingNode):
+                    for key_node, value_node in base.value:
+                        if isinstance(key_node, ScalarNode) and key_node.tag != _MERGE_TAG:
+                            child_path = _join(path, _key_text(loader.construct_object(key_node)))
+                            if child_path not in positions:
+                                positions[child_path] = at(key_node)
+                                walk(value_node, child_path)
+
+    positions[""] = at(root)
+    walk(root, "")
+    return positions
+
+
+def _position_of(positions: Mapping[str, _Position], field_path: str) -> _Position:
+    """The position of a field path, or of its nearest written parent (a missing field: its mapping)."""
+    path = "" if field_path.startswith("<") else field_path
+    while path not in positions and path:
+        parent = re.sub(r"(\[[^\[\]]*\]|\.[^.\[\]]*)$", "", path)
+        path = "" if parent == path else parent
+    return positions.get(path, (1, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Building the spec
+
+
+def _build_spec(file: Path, data: Any, size_multiple: int) -> DatasetSpec:
     top = _Fields(
         file,
         "",
@@ -310,12 +671,13 @@ def load_spec(path: str | Path, size_multiple: int = 8) -> DatasetSpec:
 def _load_evaluation(file: Path, raw: Any) -> Evaluation:
     if raw is None:
         return Evaluation()
-    f = _Fields(file, "evaluation", raw, ("clip_model", "clip_weights", "classifier"))
+    f = _Fields(file, "evaluation", raw, ("clip_model", "clip_weights", "classifier", "oracle"))
     values = {}
     for key, what in (
         ("clip_model", "an open_clip model name or builtin:NAME (e.g. builtin:toy-clip)"),
         ("clip_weights", "a CLIP weights file (relative to the spec's folder) or builtin:NAME"),
         ("classifier", "a per-box classifier: builtin:toy-classifier or a .safetensors file"),
+        ("oracle", "a renderer of perfect scene images: builtin:NAME (e.g. builtin:toy-render)"),
     ):
         value = f.data.get(key)
         if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -330,7 +692,7 @@ def _load_base_models(file: Path, raw: Any) -> dict[str, str]:
     out = {}
     for style, ref in raw.items():
         if style not in STYLES:
-            raise SpecError(file, f"base_models.{style}", f"one of the styles {list(STYLES)}")
+            raise SpecError(file, f"base_models.{_key_text(style)}", f"one of the styles {list(STYLES)}")
         if not isinstance(ref, str) or not ref:
             raise SpecError(file, f"base_models.{style}", "a model path or builtin:NAME", ref)
         out[style] = ref
@@ -379,7 +741,7 @@ def _load_attributes(file: Path, where: str, raw: Any) -> dict[str, str]:
     if not isinstance(raw, Mapping):
         raise SpecError(file, where, expected, raw)
     for key, value in raw.items():
-        if not isinstance(key, str) or not _ID_RE.match(key):
+        if not isinstance(key, str) or not _NAME_RE.fullmatch(key):
             raise SpecError(file, where, "attribute names of letters, digits, '_', '-', '.', '+'", key)
         if not isinstance(value, str) or not value.strip():
             raise SpecError(file, _join(where, key), "a non-empty string", value)
@@ -409,6 +771,8 @@ def _load_scenes(
                 "adapter_global_weights",
                 "image_guidance",
                 "style",
+                "status",
+                "status_reason",
             ),
         )
         sid = _check_id(file, f.path("id"), f.required("id"))
@@ -437,6 +801,7 @@ def _load_scenes(
             style = styles.pop() if len(styles) == 1 else "real"
         if style not in STYLES:
             raise SpecError(file, f.path("style"), f"one of {list(STYLES)}", style)
+        status, status_reason = _load_status(f)
         scenes[sid] = Scene(
             id=sid,
             prompt=f.string("prompt") or "",
@@ -444,13 +809,31 @@ def _load_scenes(
             width=width,
             height=height,
             regions=regions,
-            seed=f.integer("seed", default=0, minimum=0),
+            seed=f.integer("seed", default=0, minimum=0, maximum=MAX_SEED,
+                           maximum_why=" (2**63 - 1: a seed must fit a signed 64-bit integer)"),
             conditions=dict(conditions),
             adapter_global_weights=f.weights("adapter_global_weights"),
             image_guidance=image_guidance,
             style=style,
+            status=status,
+            status_reason=status_reason,
         )
     return scenes
+
+
+def _load_status(f: _Fields) -> tuple[str, str]:
+    status = f.data.get("status")
+    status = "ok" if status is None else status
+    if not isinstance(status, str) or status not in SCENE_STATUSES:
+        raise SpecError(f.file, f.path("status"), f"one of {list(SCENE_STATUSES)}", status)
+    reason = f.string("status_reason", required=False)
+    if status == "ok" and reason is not None:
+        raise SpecError(f.file, f.path("status_reason"), "no status_reason when status is 'ok'", reason)
+    if status != "ok" and (reason is None or not reason.strip()):
+        raise SpecError(
+            f.file, f.path("status_reason"), f"a non-empty string saying why the scene is '{status}'", reason
+        )
+    return status, reason or ""
 
 
 def _load_regions(file: Path, where: str, raw: Any, concepts: Mapping[str, Concept]) -> tuple[Region, ...]:

@@ -3,8 +3,12 @@
 Layout::
 
     RUN/manifest.json                                   spec hash, methods and params, versions, git revision
+    RUN/spec.json                                       the resolved spec the run used (bench.resolved)
     RUN/items/<method_key>/<scene_id>/<index>.png       the image (absent for a failed item)
     RUN/items/<method_key>/<scene_id>/<index>.json      its record; written last, so it marks the item done
+    RUN/scores/<metric key>/conventions.json            how a metric's scores were made (ScoreStore)
+    RUN/scores/<metric key>/items/<method>/<scene>/<index>.json   one image's score rows
+    RUN/scores/.refcache/                               reference embeddings by file hash
 
 Every file is written to a temporary name and renamed into place, so a killed run leaves no
 half-written file; a rerun skips the items whose record exists.
@@ -24,8 +28,13 @@ from typing import Any
 from filelock import FileLock, Timeout
 from PIL import Image
 
+from bench.spec import DatasetSpec, load_spec
+
 MANIFEST = "manifest.json"
+SPEC = "spec.json"
 ITEMS = "items"
+SCORES = "scores"
+CONVENTIONS = "conventions.json"
 
 
 class StoreError(RuntimeError):
@@ -105,6 +114,23 @@ class RunStore:
         """Write the manifest atomically."""
         atomic_write_json(self.manifest_path, manifest)
 
+    # -- spec -------------------------------------------------------------------------------
+    @property
+    def spec_path(self) -> Path:
+        """Where the resolved spec lives."""
+        return self.root / SPEC
+
+    def write_spec(self, document: dict[str, Any]) -> None:
+        """Write the resolved spec (:func:`bench.resolved.resolved_document`) atomically."""
+        atomic_write_json(self.spec_path, document)
+
+    def read_spec(self) -> DatasetSpec:
+        """The spec the run was made with (validated as any spec file is)."""
+        if not self.spec_path.is_file():
+            raise StoreError(f"{self.spec_path}: missing; expected the resolved spec `bench run` writes into every "
+                             "run folder (a folder made by an older bench: rerun it)")
+        return load_spec(self.spec_path)
+
     # -- locking ----------------------------------------------------------------------------
     def lock(self, rank: int = 0) -> FileLock:
         """Take the run folder's lock for one process rank at once; a second writer fails at once."""
@@ -165,3 +191,57 @@ class RunStore:
             key = ItemKey(data["method"], data["scene"], int(data["index"]))
             image = self.root / data["image"] if data.get("image") else None
             yield ItemRecord(key=key, seed=int(data["seed"]), status=data.get("status", "ok"), image=image, data=data)
+
+
+class ScoreStore:
+    """The scores of one run folder: per metric key, its conventions and one file of rows per image."""
+
+    def __init__(self, run_root: str | Path):
+        self.run_root = Path(run_root)
+        self.root = self.run_root / SCORES
+
+    @property
+    def reference_cache(self) -> Path:
+        """Where reference embeddings are cached, by file hash."""
+        return self.root / ".refcache"
+
+    def folder(self, metric_key: str) -> Path:
+        """The folder of one metric key."""
+        return self.root / metric_key
+
+    def metric_keys(self) -> list[str]:
+        """Every metric key with conventions on disk, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / CONVENTIONS).is_file())
+
+    def conventions(self, metric_key: str) -> dict[str, Any] | None:
+        """The conventions a metric key's scores were made with (None before the first score)."""
+        path = self.folder(metric_key) / CONVENTIONS
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def write_conventions(self, metric_key: str, conventions: dict[str, Any]) -> None:
+        """Write a metric key's conventions atomically."""
+        atomic_write_json(self.folder(metric_key) / CONVENTIONS, conventions)
+
+    def item_path(self, metric_key: str, key: ItemKey) -> Path:
+        """The score file of one image."""
+        return self.folder(metric_key) / f"{key.relative}.json"
+
+    def has_item(self, metric_key: str, key: ItemKey) -> bool:
+        """True when the image is scored for that metric key."""
+        return self.item_path(metric_key, key).is_file()
+
+    def write_item(self, metric_key: str, record: ItemRecord, style: str, rows: list[dict[str, Any]]) -> None:
+        """Write one image's score rows atomically."""
+        key = record.key
+        atomic_write_json(
+            self.item_path(metric_key, key),
+            {"method": key.method, "scene": key.scene, "index": key.index, "seed": record.seed, "style": style,
+             "rows": rows},
+        )  # fmt: skip
+
+    def items(self, metric_key: str) -> Iterator[dict[str, Any]]:
+        """Every scored image of a metric key, in sorted path order."""
+        for path in sorted(self.folder(metric_key).glob(f"{ITEMS}/*/*/*.json")):
+            yield json.loads(path.read_text(encoding="utf-8"))

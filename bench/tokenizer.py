@@ -1,4 +1,4 @@
-"""A CLIP tokenizer built offline from the BPE table that open_clip ships.
+"""A CLIP tokenizer built offline from the BPE table that open_clip ships, and small CLIP text configs.
 
 The vocabulary is built exactly as CLIP's SimpleTokenizer builds it, so the ids match the real
 SD1.5 tokenizer (49408 tokens).
@@ -9,8 +9,9 @@ from __future__ import annotations
 import gzip
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
-from transformers import CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTokenizer
 
 CLIP_VOCAB_SIZE = 49408
 
@@ -45,3 +46,20 @@ def build_clip_tokenizer(n_merges: int = CLIP_VOCAB_SIZE - 256 * 2 - 2) -> CLIPT
     """Build the CLIP BPE tokenizer (``n_merges=48894`` gives the real 49408-token vocabulary)."""
     vocab, merges = _vocab_and_merges(n_merges)
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77)
+
+
+def small_clip_text_config(tokenizer: Any, hidden: int, intermediate: int, layers: int) -> CLIPTextConfig:
+    """A small SD1.x-style ``CLIPTextConfig`` (4 heads, 77 positions, quick_gelu) over ``tokenizer``'s vocabulary."""
+    return CLIPTextConfig(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=hidden,
+        hidden_act="quick_gelu",
+    )

@@ -16,9 +16,9 @@ from diffusers import StableDiffusionPipeline
 from bench.boxes import Box
 from bench.layers import cross_attention_layers
 from bench.lora.canonical import ConceptLora
-from bench.textual import LayerwiseTextEncoder
-from composer.caches import build_layer_caches
-from composer.pipeline import PreparedLayout
+from bench.prompts import LayerwiseTextEncoder
+from regions.sampler import PreparedLayout
+from regions.sources import ConceptDeltas, build_layer_caches
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ def prepare_layout(
             for r in regions
         ])  # [R, 2, L, T, D]
         positions = [encoder.token_positions(r.prompt, list(r.tokens)) for r in regions]
-    caches = build_layer_caches(pipe.unet, global_embeds, region_embeds, [r.lora for r in regions], background)
+    caches = build_layer_caches(pipe.unet, global_embeds, region_embeds, ConceptDeltas([r.lora for r in regions]),
+                                background)
     return PreparedLayout(
         boxes=[r.box for r in regions],
         caches=caches,

@@ -3,7 +3,7 @@
 All functions take maps already averaged over heads and loss-level layers:
 
 - ``cross``: one region's cross-attention map ``[h, w, 77]`` (queries of the whole image against that
-  region's prompt, see :mod:`composer.attention`);
+  region's prompt, see :mod:`regions.processors`);
 - ``self_map``: the self-attention map ``[h*w, h*w]``.
 
 Boxes are grid boxes ``(y0, y1, x0, x1)`` from :func:`bench.boxes.box_to_grid`.
@@ -13,26 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from composer.config import LossWeights
+
 GridBox = tuple[int, int, int, int]
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """The official loss factors and switches (defaults as upstream)."""
-
-    enhancement: float = 8.0
-    fill: float = 2.0
-    region: float = 10.0
-    top_k_ratio: float = 0.2
-    gaussian_weight: bool = True
-    use_enhancement: bool = True
-    use_fill: bool = True
-    use_region: bool = True
 
 
 def smoothing_kernel(device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:

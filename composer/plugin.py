@@ -11,13 +11,12 @@ from dataclasses import asdict
 from typing import Any
 
 from bench.hookspecs import hookimpl
-from bench.methods import MethodSpec
-from composer.method import DEVIATIONS, LoraComposer
-from composer.pipeline import ComposerConfig
+from bench.methods import Method, MethodSpec
+from composer.config import DEVIATIONS, ComposerConfig
 
 
 def default_params() -> dict[str, Any]:
-    """The official defaults, plus the adapters ('auto': see composer.adapter) and the loss level (None: spec or 4)."""
+    """The official defaults, plus the adapters ('auto': see regions.adapters) and the loss level (None: spec or 4)."""
     params: dict[str, Any] = asdict(ComposerConfig())
     params["loss_level"] = None
     params["sketch_adapter"] = "auto"
@@ -37,7 +36,9 @@ VARIANTS: dict[str, tuple[str, dict[str, bool]]] = {
 }
 
 
-def _create(params: Mapping[str, Any]) -> LoraComposer:
+def _create(params: Mapping[str, Any]) -> Method:
+    from composer.method import LoraComposer
+
     return LoraComposer(params)
 
 

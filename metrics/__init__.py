@@ -1,7 +1,5 @@
-"""Metrics: CLIP-I, CLIP-T (with named compatibility variants), DINO and the box-classifier metrics
-(vanishing, confusion), scored into ``RUN/scores``."""
+"""Metrics: CLIP-I, CLIP-T (with named compatibility variants), DINO and the box-judge metrics
+(vanishing, confusion), scored into ``RUN/scores`` (:func:`metrics.scoring.score_run`).
 
-from metrics.api import MetricSpec, ScoreItem
-from metrics.scoring import DEFAULT_METRICS, ScoreError, default_metrics, score_run
-
-__all__ = ["DEFAULT_METRICS", "MetricSpec", "ScoreError", "ScoreItem", "default_metrics", "score_run"]
+Registered through the bench's hooks by :mod:`metrics.plugin`; this package imports nothing at start-up.
+"""

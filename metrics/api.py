@@ -27,6 +27,30 @@ CONVENTION_FIELDS = (
 )
 
 
+class BoxReading(Protocol):
+    """What a box judge sees in one box: ``shape`` is ``'none'`` when the box holds no object."""
+
+    shape: str
+    colour: str
+    texture: str
+
+
+class BoxJudge(Protocol):
+    """Reads what is inside boxes of an image (the vanishing and confusion metrics take any such judge).
+
+    ``ref``/``weights`` identify it, ``preprocess``/``crop`` describe what it sees, for the conventions.
+    """
+
+    ref: str
+    weights: str
+    preprocess: str
+    crop: str
+
+    def read(self, image: Image.Image, boxes: Sequence[Sequence[float]]) -> Sequence[BoxReading]:
+        """One reading per pixel box ``(x0, y0, x1, y1)``."""
+        ...
+
+
 @dataclass(frozen=True)
 class ScoreItem:
     """One generated image to score: where it came from and the scene it shows."""
@@ -57,12 +81,23 @@ class Metric(Protocol):
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A registered metric: name, defaults and how to make it (``create(params)``)."""
+    """A registered metric: name, defaults, how to make it (``create(params)``) and the models it needs.
+
+    ``needs`` names the score context's resources (``clip``, ``dino``, ``box_judge``) the metric reads;
+    ``bench score`` loads them before the first image, so a missing model fails before any work.
+    ``higher_is_better`` gives the metric's direction (normalized columns and "best" marks follow it);
+    ``percent`` says the values are 0/1 rates that tables show in percent; ``decimals`` is how many
+    decimals tables print.
+    """
 
     name: str
     description: str
     create: Callable[[Mapping[str, Any]], Metric]
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+    higher_is_better: bool = True
+    percent: bool = False
+    decimals: int = 3
 
     def resolve_params(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults merged with overrides; an unknown parameter is an error naming the expected keys."""

@@ -15,69 +15,19 @@ Regions whose concept is a background or declares neither shape nor colour get n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
-
-from PIL import Image
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from bench.boxes import to_xyxy_pixels
 from bench.spec import Concept, DatasetSpec, Scene
-from metrics.api import ScoreItem
+from metrics.api import BoxJudge, BoxReading, ScoreItem
 from metrics.context import ScoreContext
-from metrics.models import file_hash
 
-TOY_CLASSIFIER = "builtin:toy-classifier"
 CHECKED = ("shape", "colour")  # the attributes both metrics compare; texture is reported, not judged
 NONE = "none"
-CROP_DESCRIPTION = "square around box, 32x32"
 
 
-class Prediction(Protocol):
-    """What a classifier says about one box (``toyworld.classifier.BoxPrediction`` has this shape)."""
-
-    shape: str
-    colour: str
-    texture: str
-
-
-@dataclass(frozen=True)
-class LoadedClassifier:
-    """A ready per-box classifier: its spec reference, weights hash and ``classify(image, pixel_boxes)``."""
-
-    ref: str
-    weights: str
-    classify: Callable[[Image.Image, list[tuple[int, int, int, int]]], Sequence[Prediction]]
-
-
-def load_box_classifier(spec: DatasetSpec) -> LoadedClassifier:
-    """The classifier named by ``spec.evaluation.classifier``: ``builtin:toy-classifier`` or a
-    ``.safetensors`` file of ``toyworld.classifier.BoxClassifier`` weights (relative to the spec's folder)."""
-    ref = spec.evaluation.classifier
-    field = f"{spec.path}: field 'evaluation.classifier'"
-    if ref is None:
-        raise ValueError(
-            f"{field}: expected a per-box classifier such as '{TOY_CLASSIFIER}' (the vanishing and confusion "
-            "metrics need one; the spec has no evaluation.classifier)"
-        )
-    from toyworld import classifier as toy
-    from toyworld.models import load_weights, weights_path
-
-    if ref == TOY_CLASSIFIER:
-        path = weights_path("classifier")
-        model = toy.load_classifier()
-    elif ref.startswith("builtin:") or not ref.endswith(".safetensors"):
-        raise ValueError(f"{field}: expected '{TOY_CLASSIFIER}' or a .safetensors weights file (got {ref!r})")
-    else:
-        path = Path(spec.resolve_ref(ref))
-        model = load_weights(toy.BoxClassifier(), path, "python -m toyworld.train classifier").eval()
-    return LoadedClassifier(
-        ref, f"sha256:{file_hash(path)}", lambda image, boxes: toy.classify_boxes(model, image, boxes)
-    )
-
-
-def describe(prediction: Prediction) -> str:
+def describe(prediction: BoxReading) -> str:
     """'red striped circle', or 'none' for an empty box."""
     if prediction.shape == NONE:
         return NONE
@@ -91,12 +41,12 @@ def checked_attributes(concept: Concept) -> dict[str, str]:
     return {k: concept.attributes[k] for k in CHECKED if k in concept.attributes}
 
 
-def vanished(prediction: Prediction, own: Mapping[str, str]) -> bool:
+def vanished(prediction: BoxReading, own: Mapping[str, str]) -> bool:
     """The concept is not in its box: nothing found, or a checked attribute differs from its own."""
     return prediction.shape == NONE or any(getattr(prediction, k) != v for k, v in own.items())
 
 
-def confused(prediction: Prediction, own: Mapping[str, str], others: Sequence[Mapping[str, str]]) -> bool:
+def confused(prediction: BoxReading, own: Mapping[str, str], others: Sequence[Mapping[str, str]]) -> bool:
     """The box shows a shape or colour of another concept that this concept does not share."""
     if prediction.shape == NONE:
         return False
@@ -105,7 +55,7 @@ def confused(prediction: Prediction, own: Mapping[str, str], others: Sequence[Ma
     )
 
 
-def judge(spec: DatasetSpec, scene: Scene, predictions: Mapping[int, Prediction], mode: str) -> list[dict[str, Any]]:
+def judge(spec: DatasetSpec, scene: Scene, predictions: Mapping[int, BoxReading], mode: str) -> list[dict[str, Any]]:
     """Rows of one image for ``mode`` ('vanishing' or 'confusion') from the predictions of its checked regions."""
     rows = []
     for index, prediction in predictions.items():
@@ -133,17 +83,17 @@ class BoxConceptMetric:
 
     def conventions(self, ctx: ScoreContext) -> dict[str, Any]:
         """Classifier, weights hash, crop and decision rule of this score."""
-        classifier = ctx.classifier()
+        judge: BoxJudge = ctx.box_judge()
         rule = (
             "1 if the box shows no object or a shape/colour other than the concept's attributes"
             if self.mode == "vanishing"
             else "1 if the box shows a shape/colour of another concept of the scene that the concept does not share"
         )
         return {
-            "model": classifier.ref,
-            "weights": classifier.weights,
-            "preprocess": "RGB crop resized bilinear to 32x32, scaled to [-1, 1]",
-            "crop_mode": CROP_DESCRIPTION,
+            "model": judge.ref,
+            "weights": judge.weights,
+            "preprocess": judge.preprocess,
+            "crop_mode": judge.crop,
             "scale": "n/a (0/1 per box; tables show the mean)",
             "clip0": "n/a",
             "prefix": None,
@@ -153,13 +103,13 @@ class BoxConceptMetric:
 
     def score(self, items: Sequence[ScoreItem], ctx: ScoreContext) -> list[list[dict[str, Any]]]:
         """One row per region whose concept declares a shape or colour; backgrounds get none."""
-        classifier = ctx.classifier()
+        box_judge: BoxJudge = ctx.box_judge()
         out = []
         for item in items:
             checked = [
                 i for i, r in enumerate(item.scene.regions) if checked_attributes(ctx.concept(r.concept))
             ]
             boxes = [to_xyxy_pixels(item.scene.regions[i].box, *item.image.size) for i in checked]
-            predictions = classifier.classify(item.image, boxes) if boxes else []
+            predictions = box_judge.read(item.image, boxes) if boxes else []
             out.append(judge(ctx.spec, item.scene, dict(zip(checked, predictions, strict=True)), self.mode))
         return out

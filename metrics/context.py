@@ -5,7 +5,9 @@ reference file (and its mask), so rescoring a run, or scoring another run of the
 the same cache folder, never re-embeds a reference image.
 
 The CLIP model and weights not given explicitly come from the spec's ``evaluation`` section
-(:func:`clip_choice`), else ``builtin:tiny-clip``.
+(:func:`clip_choice`), else the random-weight ``builtin:random-clip``. Every model comes through the
+front door (:func:`bench.models.create`), loaded on first use: a metric declares which it needs
+(``MetricSpec.needs``) and reads it with :meth:`ScoreContext.resource`.
 """
 
 from __future__ import annotations
@@ -13,20 +15,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 
+from bench.models import create
 from bench.spec import Concept, DatasetSpec
 from bench.store import atomic_write_bytes
 from metrics.crops import reference_view
-from metrics.models import TINY_CLIP, TINY_DINO, ClipEmbedder, DinoEmbedder, file_hash
+from metrics.models import RANDOM_CLIP, RANDOM_DINO, ClipEmbedder, DinoEmbedder, file_hash
 
-if TYPE_CHECKING:
-    from metrics.box_concepts import LoadedClassifier
+RESOURCES = ("clip", "dino", "box_judge")
 
 
 class Embedder(Protocol):
@@ -59,8 +61,8 @@ def clip_choice(
     The spec's weights go with the spec's model: they are used only when no other model is asked for.
     """
     evaluation = spec.evaluation
-    model = clip_model or evaluation.clip_model or TINY_CLIP
-    if clip_weights is None and evaluation.clip_weights is not None and model == (evaluation.clip_model or TINY_CLIP):
+    model = clip_model or evaluation.clip_model or RANDOM_CLIP
+    if clip_weights is None and evaluation.clip_weights is not None and model == (evaluation.clip_model or RANDOM_CLIP):
         clip_weights = spec.resolve_ref(evaluation.clip_weights)
     return model, clip_weights
 
@@ -75,7 +77,7 @@ class ScoreContext:
         *,
         clip_model: str | None = None,
         clip_weights: str | Path | None = None,
-        dino_model: str | Path = TINY_DINO,
+        dino_model: str | Path = RANDOM_DINO,
         device: str = "cpu",
         cache_dir: Path | None = None,
     ):
@@ -101,13 +103,24 @@ class ScoreContext:
             self._embedders["dino"] = DinoEmbedder(self.dino_model, device=self.device)
         return self._embedders["dino"]
 
-    def classifier(self) -> LoadedClassifier:
-        """The spec's per-box classifier (``evaluation.classifier``), loaded on first use."""
-        if "classifier" not in self._embedders:
-            from metrics import box_concepts
+    def box_judge(self) -> Any:
+        """The spec's box judge (``evaluation.classifier``: a built-in or a weights file), loaded on first use."""
+        if "box_judge" not in self._embedders:
+            ref = self.spec.evaluation.classifier
+            where = f"{self.spec.path}: field 'evaluation.classifier'"
+            if ref is None:
+                raise ValueError(
+                    f"{where}: expected a per-box judge such as 'builtin:toy-classifier' (the vanishing and "
+                    "confusion metrics need one; the spec has no evaluation.classifier)"
+                )
+            self._embedders["box_judge"] = create(self.spec.resolve_ref(ref), "box_judge", where=where)
+        return self._embedders["box_judge"]
 
-            self._embedders["classifier"] = box_concepts.load_box_classifier(self.spec)
-        return self._embedders["classifier"]
+    def resource(self, name: str) -> Any:
+        """A model a metric declared it needs (``clip``, ``dino`` or ``box_judge``), loaded on first use."""
+        if name not in RESOURCES:
+            raise ValueError(f"metric resource '{name}': expected one of {list(RESOURCES)}")
+        return {"clip": self.clip, "dino": self.dino, "box_judge": self.box_judge}[name]()
 
     def concept(self, concept_id: str) -> Concept:
         """The spec's concept by id."""

@@ -11,19 +11,37 @@ from collections.abc import Mapping
 from typing import Any
 
 from bench.hookspecs import hookimpl
+from bench.models import ModelSource
 from metrics.api import MetricSpec
-from metrics.box_concepts import BoxConceptMetric
-from metrics.similarity import ImageSimilarity, TextAlignment
 
 OFFICIAL_PREFIX = "A photo depicts "
 
 
 def _image(name: str, backbone: str) -> Any:
-    return lambda params: ImageSimilarity(name, params, backbone)
+    def create(params: Mapping[str, Any]) -> Any:
+        from metrics.similarity import ImageSimilarity
+
+        return ImageSimilarity(name, params, backbone)
+
+    return create
 
 
 def _text(name: str) -> Any:
-    return lambda params: TextAlignment(name, params)
+    def create(params: Mapping[str, Any]) -> Any:
+        from metrics.similarity import TextAlignment
+
+        return TextAlignment(name, params)
+
+    return create
+
+
+def _box(name: str) -> Any:
+    def create(params: Mapping[str, Any]) -> Any:
+        from metrics.box_concepts import BoxConceptMetric
+
+        return BoxConceptMetric(name, name)
+
+    return create
 
 
 def builtin_metrics() -> list[MetricSpec]:
@@ -48,6 +66,7 @@ def builtin_metrics() -> list[MetricSpec]:
             "concept's references: raw cosine, mean over all (crop, reference) pairs",
             _image("clip_i", "clip"),
             image_defaults,
+            needs=("clip",),
         ),
         MetricSpec(
             "clip_i@official",
@@ -55,6 +74,7 @@ def builtin_metrics() -> list[MetricSpec]:
             "resize + center crop, max(cos, 0), against the first reference in sorted file-name order only",
             _image("clip_i@official", "clip"),
             {"crop_mode": "center_crop", "pairing": "first_ref", "scale": 1.0, "clip0": True},
+            needs=("clip",),
         ),
         MetricSpec(
             "clip_t",
@@ -62,6 +82,7 @@ def builtin_metrics() -> list[MetricSpec]:
             "replaced by class names: raw cosine, no prefix",
             _text("clip_t"),
             text_defaults,
+            needs=("clip",),
         ),
         MetricSpec(
             "clip_t@official",
@@ -75,6 +96,7 @@ def builtin_metrics() -> list[MetricSpec]:
                 "clip0": True,
                 "view": "crop",
             },
+            needs=("clip",),
         ),
         MetricSpec(
             "dino",
@@ -82,18 +104,27 @@ def builtin_metrics() -> list[MetricSpec]:
             "mean over all pairs (as CustomConcept101 / DreamBench report DINO)",
             _image("dino", "dino"),
             {"crop_mode": "center_crop", "pairing": "all_pairs", "scale": 1.0, "clip0": False},
+            needs=("dino",),
         ),
         MetricSpec(
             "vanishing",
             "concept vanishing: 1 per box whose classifier reading is empty or has a shape/colour other than "
             "the concept's attributes, else 0 (needs the dataset's evaluation.classifier)",
-            lambda params: BoxConceptMetric("vanishing", "vanishing"),
+            _box("vanishing"),
+            needs=("box_judge",),
+            higher_is_better=False,
+            percent=True,
+            decimals=1,
         ),
         MetricSpec(
             "confusion",
             "concept confusion: 1 per box that shows a shape/colour of another concept of the scene which "
             "the box's own concept does not share, else 0 (needs the dataset's evaluation.classifier)",
-            lambda params: BoxConceptMetric("confusion", "confusion"),
+            _box("confusion"),
+            needs=("box_judge",),
+            higher_is_better=False,
+            percent=True,
+            decimals=1,
         ),
     ]
 
@@ -102,3 +133,24 @@ def builtin_metrics() -> list[MetricSpec]:
 def bench_metrics() -> list[MetricSpec]:
     """The built-in metric plugin."""
     return builtin_metrics()
+
+
+def _clip_loader(ref: str, **options: Any) -> Any:
+    from metrics.models import load_open_clip
+
+    return load_open_clip(ref, **options)
+
+
+def _dino_loader(ref: str, **options: Any) -> Any:
+    from metrics.models import load_dino_folder
+
+    return load_dino_folder(ref, **options)
+
+
+@hookimpl
+def bench_models() -> list[ModelSource]:
+    """Loaders of local scoring models: open_clip CLIPs (name + weights file) and DINOv2 folders."""
+    return [
+        ModelSource("clip", _clip_loader, description="an open_clip model name with a local weights file"),
+        ModelSource("dino", _dino_loader, description="a local DINOv2 folder (save_pretrained layout)"),
+    ]

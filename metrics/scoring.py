@@ -1,13 +1,8 @@
 """``bench score RUN``: score every finished image of a run and write the scores beside it.
 
-Layout::
-
-    RUN/scores/<metric key>/conventions.json                         model, weights hash, preprocessing, ...
-    RUN/scores/<metric key>/items/<method>/<scene>/<index>.json      one file per image: a row per region
-    RUN/scores/.refcache/                                            reference embeddings by file hash
-
-Each item file is written atomically once its batch is scored, so a rerun skips finished items and
-a killed run leaves nothing half-written.
+The spec comes from the run folder (the resolved spec ``bench run`` wrote), the scores go to the
+run's :class:`bench.store.ScoreStore`. Each item file is written atomically once its batch is
+scored, so a rerun skips finished items and a killed run leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -20,14 +15,12 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from bench.spec import DatasetSpec, load_spec
-from bench.store import ItemRecord, RunStore, atomic_write_json
+from bench.spec import DatasetSpec
+from bench.store import ItemRecord, RunStore, ScoreStore
 from metrics.api import Metric, MetricSpec, ScoreItem
 from metrics.context import ReferenceSource, ScoreContext
-from metrics.models import TINY_DINO
+from metrics.models import RANDOM_DINO
 
-SCORES = "scores"
-CONVENTIONS = "conventions.json"
 DEFAULT_METRICS = ("clip_i", "clip_t", "clip_i@official", "clip_t@official")
 CLASSIFIER_METRICS = ("vanishing", "confusion")  # added to the defaults when the spec names a classifier
 
@@ -50,11 +43,12 @@ def _registry(registry: Mapping[str, MetricSpec] | None) -> Mapping[str, MetricS
     return {m.name: m for m in builtin_metrics()}
 
 
-def _check_conventions(path: Path, conventions: dict[str, Any]) -> None:
-    if not path.is_file():
-        atomic_write_json(path, conventions)
+def _check_conventions(scores: ScoreStore, metric_key: str, conventions: dict[str, Any]) -> None:
+    old = scores.conventions(metric_key)
+    if old is None:
+        scores.write_conventions(metric_key, conventions)
         return
-    old = json.loads(path.read_text(encoding="utf-8"))
+    path = scores.folder(metric_key) / "conventions.json"
     for field in sorted(set(old) | set(conventions)):
         if old.get(field) != json.loads(json.dumps(conventions.get(field), default=str)):
             raise ScoreError(
@@ -80,7 +74,7 @@ def score_run(
     params: Mapping[str, Mapping[str, Any]] | None = None,
     clip_model: str | None = None,
     clip_weights: str | Path | None = None,
-    dino_model: str | Path = TINY_DINO,
+    dino_model: str | Path = RANDOM_DINO,
     device: str = "cpu",
     batch_size: int = 16,
     cache_dir: Path | None = None,
@@ -92,23 +86,17 @@ def score_run(
 
     ``params`` maps a metric name to parameter overrides (e.g. ``{"clip_i": {"crop_mode": "mask_grey"}}``).
     ``metric_names`` defaults to :func:`default_metrics` of the run's spec; ``clip_model`` / ``clip_weights``
-    default to the spec's ``evaluation`` section, else ``builtin:tiny-clip``.
+    default to the spec's ``evaluation`` section, else ``builtin:random-clip``.
     ``references`` defaults to ``bench.assets.AssetResolver`` on the manifest's dataset.
     """
     store = RunStore(run_dir)
     manifest = store.read_manifest()
-    dataset = manifest.get("dataset") or {}
-    spec = load_spec(dataset["path"])
-    if dataset.get("spec_hash") and dataset["spec_hash"] != spec.spec_hash():
-        raise ScoreError(
-            f"{store.manifest_path}: field 'dataset.spec_hash': expected {spec.spec_hash()} (the spec file "
-            f"{spec.path} changed since the run was made; score with the spec the run used)"
-        )
+    spec = store.read_spec()
     if references is None:
         from bench.assets import AssetResolver
 
-        references = AssetResolver(spec, dataset.get("asset_root"))
-    out = store.root / SCORES
+        references = AssetResolver(spec, (manifest.get("dataset") or {}).get("asset_root"))
+    scores = ScoreStore(store.root)
     ctx = ScoreContext(
         spec,
         references,
@@ -116,23 +104,26 @@ def score_run(
         clip_weights=clip_weights,
         dino_model=dino_model,
         device=device,
-        cache_dir=cache_dir if cache_dir is not None else out / ".refcache",
+        cache_dir=cache_dir if cache_dir is not None else scores.reference_cache,
     )
     metrics = _registry(registry)
     records = [r for r in store.records() if r.ok and r.image is not None]
     # 1. Resolve every metric and check its conventions against scores already on disk.
-    plans: list[tuple[Metric, Path, set[str]]] = []
+    plans: list[tuple[Metric, str, set[str]]] = []
     for name in metric_names or default_metrics(spec):
         if name not in metrics:
             raise ScoreError(f"metric '{name}': expected one of {sorted(metrics)}")
         mspec = metrics[name]
         resolved = mspec.resolve_params((params or {}).get(name, {}))
         metric = mspec.create(resolved)
-        folder = out / mspec.key(resolved)
-        conventions = {"metric": name, "params": resolved, "kind": metric.kind, **metric.conventions(ctx)}
-        _check_conventions(folder / CONVENTIONS, conventions)
-        pending = {r.key.relative for r in records if not (folder / f"{r.key.relative}.json").is_file()}
-        plans.append((metric, folder, pending))
+        for resource in mspec.needs:
+            ctx.resource(resource)
+        metric_key = mspec.key(resolved)
+        conventions = {"metric": name, "params": resolved, "kind": metric.kind,
+                       "higher_is_better": mspec.higher_is_better, **metric.conventions(ctx)}
+        _check_conventions(scores, metric_key, conventions)
+        pending = {r.key.relative for r in records if not scores.has_item(metric_key, r.key)}
+        plans.append((metric, metric_key, pending))
     # 2. Score in batches: each image is decoded once and goes to every metric that still needs it.
     todo = [r for r in records if any(r.key.relative in pending for _, _, pending in plans)]
     total = sum(len(pending) for _, _, pending in plans)
@@ -140,21 +131,12 @@ def score_run(
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             items = {r.key.relative: _load_item(r, spec.scenes) for r in batch}
-            for metric, folder, pending in plans:
+            for metric, metric_key, pending in plans:
                 mine = [r for r in batch if r.key.relative in pending]
                 if not mine:
                     continue
                 rows = metric.score([items[r.key.relative] for r in mine], ctx)
                 for record, item_rows in zip(mine, rows, strict=True):
-                    _write_item(folder, record, spec.scenes[record.key.scene].style, item_rows)
+                    scores.write_item(metric_key, record, spec.scenes[record.key.scene].style, item_rows)
                 bar.update(len(mine))
-    return out
-
-
-def _write_item(folder: Path, record: ItemRecord, style: str, rows: list[dict[str, Any]]) -> None:
-    key = record.key
-    atomic_write_json(
-        folder / f"{key.relative}.json",
-        {"method": key.method, "scene": key.scene, "index": key.index, "seed": record.seed, "style": style,
-         "rows": rows},
-    )  # fmt: skip
+    return scores.root

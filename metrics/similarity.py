@@ -60,7 +60,7 @@ class ImageSimilarity:
 
     def embedder(self, ctx: ScoreContext) -> Embedder:
         """The backbone this metric embeds with."""
-        return ctx.clip() if self.backbone == "clip" else ctx.dino()
+        return ctx.resource(self.backbone)
 
     def conventions(self, ctx: ScoreContext) -> dict[str, Any]:
         """Model, weights, preprocessing, crop mode, formula and pairing of this score."""

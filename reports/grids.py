@@ -7,11 +7,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from bench.boxes import to_xyxy_pixels
-from bench.spec import load_spec
 from bench.store import RunStore
+from reports.boxes import draw_boxes
 
-BOX_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4")
 LABEL_H = 16
 
 
@@ -26,7 +24,7 @@ def image_grid(
     """A grid with one row per scene and one column per method (store keys); missing images stay grey."""
     store = RunStore(run_dir)
     manifest = store.read_manifest()
-    spec = load_spec(manifest["dataset"]["path"])
+    spec = store.read_spec()
     records = {(r.key.method, r.key.scene): r for r in store.records() if r.key.index == index}
     methods = list(methods or sorted(manifest.get("methods") or {r.key.method for r in store.records()}))
     scenes = list(scenes or [s for s in manifest.get("scenes", spec.scenes) if s in spec.scenes])
@@ -52,10 +50,6 @@ def image_grid(
             with Image.open(record.image) as image:
                 tile = image.convert("RGB").resize((widths[scene_id], cell_height), Image.Resampling.BICUBIC)
             if boxes:
-                tile_draw = ImageDraw.Draw(tile)
-                for k, region in enumerate(scene.regions):
-                    x0, y0, x1, y1 = to_xyxy_pixels(region.box, *tile.size)
-                    colour = BOX_COLOURS[k % len(BOX_COLOURS)]
-                    tile_draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=colour, width=2)
+                tile = draw_boxes(tile, scene, width=2, labels=False)
             grid.paste(tile, (left, top))
     return grid

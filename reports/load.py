@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bench.store import RunStore
+from bench.store import RunStore, ScoreStore
 from metrics.api import CONVENTION_FIELDS
-from metrics.scoring import CONVENTIONS, SCORES
 
 COLUMNS = (
     "run", "dataset", "method", "method_name", "scene", "style", "index", "seed", "concept", "region",
@@ -36,26 +34,25 @@ def load_scores(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
         manifest = store.read_manifest()
         methods = manifest.get("methods") or {}
         dataset = (manifest.get("dataset") or {}).get("name")
-        scores = store.root / SCORES
-        if not scores.is_dir():
-            raise FileNotFoundError(f"{scores}: no scores; run `bench score {store.root}` first")
-        for folder in sorted(p for p in scores.iterdir() if (p / CONVENTIONS).is_file()):
-            conv = json.loads((folder / CONVENTIONS).read_text(encoding="utf-8"))
-            if conventions.setdefault(folder.name, conv) != conv:
+        scores = ScoreStore(store.root)
+        if not scores.root.is_dir():
+            raise FileNotFoundError(f"{scores.root}: no scores; run `bench score {store.root}` first")
+        for metric_key in scores.metric_keys():
+            conv = scores.conventions(metric_key) or {}
+            if conventions.setdefault(metric_key, conv) != conv:
                 raise ValueError(
-                    f"{folder / CONVENTIONS}: the runs scored '{folder.name}' with different conventions; "
-                    "rescore them alike before comparing"
+                    f"{scores.folder(metric_key) / 'conventions.json'}: the runs scored '{metric_key}' with "
+                    "different conventions; rescore them alike before comparing"
                 )
             common = {
                 "run": store.root.name,
                 "dataset": dataset,
-                "metric": folder.name,
+                "metric": metric_key,
                 "metric_name": conv.get("metric"),
                 "kind": conv.get("kind"),
                 **_conventions_text(conv),
             }
-            for path in sorted(folder.glob("items/*/*/*.json")):
-                item = json.loads(path.read_text(encoding="utf-8"))
+            for item in scores.items(metric_key):
                 method = item["method"]
                 base = {
                     **common,

@@ -28,12 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
+from bench.pipelines import sd_scheduler  # noqa: E402
 from bench.seeds import initial_noise  # noqa: E402
-from bench.tiny_models import build_tiny_pipeline, sd_scheduler  # noqa: E402
 from bench.tokenizer import build_clip_tokenizer  # noqa: E402
+from composer.config import ComposerConfig  # noqa: E402
+from composer.guidance import composer_sampler  # noqa: E402
 from composer.layout import RegionInput, prepare_layout  # noqa: E402
-from composer.pipeline import ComposerConfig, Sampler  # noqa: E402
-from composer.synthetic import random_concept_lora  # noqa: E402
+from randomworld.loras import random_concept_lora  # noqa: E402
+from randomworld.models import build_random_pipeline  # noqa: E402
 
 SD15_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     height, width = (int(v) for v in args.size.lower().split("x"))
     device = torch.device(args.device)
     dtype = torch.float16 if (args.full_sd15 and device.type == "cuda") else torch.float32
-    pipe = build_sd15_pipeline(device, dtype) if args.full_sd15 else build_tiny_pipeline().to(device, dtype)
+    pipe = build_sd15_pipeline(device, dtype) if args.full_sd15 else build_random_pipeline().to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
     tokens = [(f"<c{r}a>", f"<c{r}b>") for r in range(args.regions)]
     loras = [random_concept_lora(pipe.unet, pipe.text_encoder, t, seed=r) for r, t in enumerate(tokens)]
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     def composer() -> None:
         layout = prepare_layout(pipe, prompt, negative, regions)
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-        log.update(Sampler(pipe.unet, scheduler, layout, config)(noise).log)
+        log.update(composer_sampler(pipe.unet, scheduler, layout, config)(noise).log)
 
     def timed(fn) -> tuple[float, float]:
         if device.type == "cuda":
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":  # warm-up (kernels, allocator) at a small size
         small = ComposerConfig(num_steps=2, max_refine_steps=2, loss_level=args.loss_level)
         layout = prepare_layout(pipe, prompt, negative, regions)
-        Sampler(pipe.unet, type(pipe.scheduler).from_config(pipe.scheduler.config), layout, small)(
+        composer_sampler(pipe.unet, type(pipe.scheduler).from_config(pipe.scheduler.config), layout, small)(
             noise[..., : max(16, noise.shape[-2] // 2), : max(16, noise.shape[-1] // 2)])
     result: dict = {
         "model": "full SD1.5 architecture (random weights)" if args.full_sd15 else "tiny SD1.5 layout",

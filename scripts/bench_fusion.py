@@ -31,7 +31,7 @@ from bench_composer import build_sd15_pipeline  # noqa: E402
 
 from baselines.mixofshow.fusion import FusionConcept, FusionConfig, gradient_fusion  # noqa: E402
 from bench.lora.canonical import ConceptLora, LoraDelta  # noqa: E402
-from bench.tiny_models import build_tiny_pipeline  # noqa: E402
+from randomworld.models import build_random_pipeline  # noqa: E402
 
 UNET_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
                 "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    pipe = build_sd15_pipeline(device, torch.float32) if args.full_sd15 else build_tiny_pipeline().to(device)
+    pipe = build_sd15_pipeline(device, torch.float32) if args.full_sd15 else build_random_pipeline().to(device)
     config = FusionConfig(text_iters=args.text_iters, unet_iters=args.unet_iters, spatial_steps=args.spatial_steps,
                           spatial_height=args.spatial_size, spatial_width=args.spatial_size)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"

@@ -25,8 +25,8 @@ from PIL import Image
 
 from bench.spec import load_spec
 from bench.store import ItemKey, RunStore
-from metrics import score_run
-from metrics.models import TINY_CLIP, ClipEmbedder
+from metrics.models import RANDOM_CLIP, ClipEmbedder
+from metrics.scoring import score_run
 
 SPEC = """
 name: bench-scoring
@@ -45,7 +45,7 @@ scenes:
       - {concept: dogB, box: [0.5, 0.2, 1.0, 1.0], prompt: "<dogB1> <dogB2> running, detailed"}
 """
 MODELS = {
-    "tiny": (TINY_CLIP, "tiny CLIP (random, 64 px)"),
+    "tiny": (RANDOM_CLIP, "tiny CLIP (random, 64 px)"),
     "vitb32": ("ViT-B-32-quickgelu", "ViT-B-32 random"),
 }
 
@@ -104,6 +104,8 @@ def measure(run: Path, refs: References, model: str, batch_size: int) -> dict[st
 
     def init(self: ClipEmbedder, *args: Any, **kwargs: Any) -> None:
         start = time.perf_counter()
+        if not model.startswith("builtin:"):
+            kwargs["random_init"] = True  # an architecture's cost does not depend on its weights
         original_init(self, *args, **kwargs)
         counter["load"] += time.perf_counter() - start
         self.model.encode_image = _timed(counter, self.model.encode_image)

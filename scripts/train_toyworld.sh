@@ -12,8 +12,8 @@ stages=("$@")
 for stage in "${stages[@]}"; do
   echo "== $stage ($(date +%T))"
   if [ "$stage" = gates ]; then
-    "$PY" -m toyworld.gates
+    "$PY" -m toytrain.gates
   else
-    "$PY" -m toyworld.train "$stage"
+    "$PY" -m toytrain "$stage"
   fi
 done

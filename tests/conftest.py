@@ -13,6 +13,10 @@ os.environ.pop("LCBENCH_PLUGINS", None)
 
 import pytest  # noqa: E402
 
+from bench.plugins import plugin_manager  # noqa: E402
+
+plugin_manager()  # the process's manager, with every plugin, before any test limits LCBENCH_PLUGINS
+
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,9 +30,9 @@ def fake_plugin() -> Path:
 @pytest.fixture(scope="module")
 def pipe():
     """The tiny SD1.5-layout pipeline (fixed seeds), built once per test module."""
-    from bench.tiny_models import build_tiny_pipeline
+    from randomworld.models import build_random_pipeline
 
-    pipeline = build_tiny_pipeline()
+    pipeline = build_random_pipeline()
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

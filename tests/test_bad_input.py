@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from bench.assets import AssetResolver
-from bench.cli import main
 from bench.spec import load_spec
+from lcbench.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,10 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def dataset(tmp_path: Path) -> tuple[Path, Path]:
     """A copy of the tiny dataset whose assets live in a folder the test may break."""
-    tiny = load_spec(REPO / "datasets" / "tiny.yaml")
+    tiny = load_spec(REPO / "datasets" / "random.yaml")
     assets = tmp_path / "assets"
     shutil.copytree(AssetResolver(tiny, None).root, assets)
-    data = yaml.safe_load((REPO / "datasets" / "tiny.yaml").read_text())
+    data = yaml.safe_load((REPO / "datasets" / "random.yaml").read_text())
     data["asset_root"] = str(assets)
     data["name"] = "tiny-copy"
     spec = tmp_path / "tiny-copy.yaml"

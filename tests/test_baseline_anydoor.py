@@ -1,12 +1,17 @@
-"""AnyDoor adapter: upstream geometry against hand computations, and the external protocol with a fake command."""
+"""AnyDoor adapter: upstream geometry by hand, the external protocol, and the driver in a stub AnyDoor checkout."""
 
 from __future__ import annotations
 
+import json
+import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from test_baseline_pbe import FakeContext, make_tiny_bench
 
 from baselines import anydoor
@@ -15,18 +20,41 @@ FAKE_DRIVER = """
 import json, sys
 import numpy as np
 from PIL import Image
-req = json.load(open(sys.argv[1]))
-assert req["protocol"] == "lcbench-anydoor/1"
-ref = np.array(Image.open(req["reference_image"]))
-mask = np.array(Image.open(req["reference_mask"])) > 127
-target = np.array(Image.open(req["target_image"]))
-hint = np.load(req["hint_mask"])
-assert ref.shape == (224, 224, 3) and mask.shape == (224, 224)
-assert target.shape == (512, 512, 3) and hint.shape == (512, 512)
-y1, y2, x1, x2 = req["box_yyxx"]
-target[y1:y2, x1:x2] = ref[mask].mean(axis=0).astype(np.uint8)  # "insert" the object's mean colour
-Image.fromarray(target).save(req["output"])
+print("noise on stdout is skipped by the bench")
+for line in iter(sys.stdin.readline, ""):
+    path = line.strip()
+    req = json.load(open(path))
+    assert req["protocol"] == "lcbench-anydoor/2"
+    ref = np.array(Image.open(req["reference_image"]))
+    mask = np.array(Image.open(req["reference_mask"])) > 127
+    target = np.array(Image.open(req["target_image"]))
+    hint = np.load(req["hint_mask"])
+    assert ref.shape == (224, 224, 3) and mask.shape == (224, 224)
+    assert target.shape == (512, 512, 3) and hint.shape == (512, 512)
+    y1, y2, x1, x2 = req["box_yyxx"]
+    target[y1:y2, x1:x2] = ref[mask].mean(axis=0).astype(np.uint8)  # "insert" the object's mean colour
+    Image.fromarray(target).save(req["output"])
+    print(json.dumps({"protocol": req["protocol"], "request": path, "ok": True, "output": req["output"]}), flush=True)
 """
+STUB = Path(__file__).parent / "fixtures" / "anydoor_stub"
+STUB_ENV = Path(__file__).parent / "fixtures" / "anydoor_stub_env"
+
+
+def stub_checkout(root: Path) -> Path:
+    """A copy of the stub AnyDoor checkout with ``venv/bin/python``: this interpreter plus the stub packages."""
+    home = root / "anydoor"
+    shutil.copytree(STUB, home)
+    python = home / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={shlex.quote(str(STUB_ENV))} exec {shlex.quote(sys.executable)} "$@"\n')
+    python.chmod(0o755)
+    return home
+
+
+def stub_calls(home: Path) -> list[dict]:
+    """The calls the stub checkout logged."""
+    log = home / "stub_calls.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +119,7 @@ def test_unconfigured_is_unavailable_and_fails_before_any_image(monkeypatch: pyt
 
 
 def test_command_parameter_makes_it_available_to_the_runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from bench.cli import main
+    from lcbench.cli import main
 
     monkeypatch.delenv(anydoor.ENV_COMMAND, raising=False)
     spec = anydoor.method_spec()
@@ -129,3 +157,88 @@ def test_a_failing_command_raises(ctx: FakeContext, tmp_path: Path) -> None:
     method = spec.create(spec.resolve_params({"command": f"{sys.executable} -c 'import sys; sys.exit(3)'"}))
     with pytest.raises(RuntimeError, match="exited 3"):
         method.call({"output": str(tmp_path / "none.png")}, tmp_path)
+
+
+def test_driver_runs_as_documented_in_a_stub_checkout(
+    ctx: FakeContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documented command, run by the bench in a stub checkout laid out as upstream main.
+
+    Upstream main (ali-vilab/AnyDoor 44ca2b2) has ``datasets/data_utils.py`` (``run_inference.py``:
+    ``from datasets.data_utils import *``), ``cldm/model.py`` and ``cldm/ddim_hacked.py``; the driver
+    must import them from ``$ANYDOOR_HOME`` although it is run by path from elsewhere, load the model
+    once for all boxes of all scenes, and answer every request with a PNG.
+    """
+    home = stub_checkout(tmp_path)
+    monkeypatch.setenv("ANYDOOR_HOME", str(home))
+    monkeypatch.setenv(anydoor.ENV_DEVICE, "cpu")
+    monkeypatch.delenv(anydoor.ENV_COMMAND, raising=False)
+    command = anydoor.documented_command()
+    assert command in anydoor.setup_steps() and anydoor.DRIVER.is_file()
+    spec = anydoor.method_spec()
+    params = spec.resolve_params({"command": command, "background_steps": 2, "steps": 7, "guidance_scale": 4.5})
+    method = spec.create(params)
+    scene = ctx.spec.scenes["two-dogs"]
+    try:
+        gen = method.generate(scene, 5, ctx)
+        again = method.generate(scene, 6, ctx)
+        with pytest.raises(RuntimeError, match="unsupported protocol"):  # a bad request: an error answer ...
+            method.call({"protocol": "other", "output": str(tmp_path / "x.png")}, tmp_path)
+        third = method.generate(scene, 5, ctx)  # ... and the same process goes on serving
+        driver = method._driver
+        assert driver is not None and driver.alive()
+    finally:
+        method.close()
+    assert driver.proc.returncode == 0  # closing stdin ends the driver cleanly
+
+    calls = stub_calls(home)
+    events = [c["event"] for c in calls]
+    assert events.count("create_model") == 1 and events.count("load_state_dict") == 1
+    assert events.count("sample") == 3 * len(scene.regions)
+    assert len({c["pid"] for c in calls}) == 1
+    load = next(c for c in calls if c["event"] == "load_state_dict")
+    assert load["location"] == "cpu" and load["path"] == "./checkpoints/stub.ckpt"
+    samples = [c for c in calls if c["event"] == "sample"]
+    assert {c["steps"] for c in samples} == {7} and {c["guidance_scale"] for c in samples} == {4.5}
+    assert all(c["batch_size"] == 1 and c["shape"] == [4, 64, 64] and c["eta"] == 0.0 for c in samples)
+    assert all(c["device"] == "cpu" and c["control_scales"] == [1.0] * 13 for c in samples)
+    assert [c["seed"] for c in samples[:2]] == [b["seed"] for b in gen.record["boxes"]]
+
+    assert gen.record["protocol"] == "lcbench-anydoor/2"
+    for box in gen.record["boxes"] + again.record["boxes"]:
+        assert box["driver"]["device"] == "cpu" and box["driver"]["model_loads"] == 1
+        assert box["driver"]["pretrained_model"] == "./checkpoints/stub.ckpt"
+        assert Path(box["driver"]["anydoor_home"]).resolve() == home.resolve()
+    out, background = np.array(gen.image), np.array(anydoor.scene_background(scene, 5, ctx, params)[0])
+    assert out.shape == (64, 128, 3) and not np.array_equal(out, background)
+    # the stub returns the collage, so dogB's (blue) reference now fills dogB's box
+    x0, y0, x1, y1 = 75, 12, 117, 46
+    assert out[y0:y1, x0:x1, 2].mean() > out[y0:y1, x0:x1, 0].mean() + 30
+    assert np.array_equal(np.array(third.image), out)  # same seed, same image
+
+
+def test_driver_one_shot_keeps_stdout_for_answers(tmp_path: Path) -> None:
+    """Run by path from another directory with a request file: the checkout is found, stdout holds only the
+    answer although upstream's (here: the stub's) model code prints to stdout."""
+    home = stub_checkout(tmp_path)
+    ref, ref_mask = anydoor.prepare_reference(np.full((40, 30, 3), 200, np.uint8), np.ones((40, 30), np.uint8))
+    target = anydoor.prepare_target(np.zeros((64, 128, 3), np.uint8), (10, 40, 20, 60), 2.0)
+    files = {"reference_image": tmp_path / "ref.png", "reference_mask": tmp_path / "ref_mask.png",
+             "target_image": tmp_path / "target.png", "hint_mask": tmp_path / "hint.npy"}
+    Image.fromarray(ref).save(files["reference_image"])
+    Image.fromarray(ref_mask).save(files["reference_mask"])
+    Image.fromarray(target.image).save(files["target_image"])
+    np.save(files["hint_mask"], target.hint_mask)
+    request = {"protocol": anydoor.PROTOCOL, **{k: str(v) for k, v in files.items()},
+               "box_yyxx": list(target.box_yyxx), "steps": 3, "guidance_scale": 5.0, "strength": 1.0, "seed": 11,
+               "output": str(tmp_path / "out.png"), "device": "cpu"}
+    (tmp_path / "req.json").write_text(json.dumps(request))
+    proc = subprocess.run([str(home / "venv" / "bin" / "python"), str(anydoor.DRIVER), "--anydoor-home", str(home),
+                           str(tmp_path / "req.json")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(answers) == 1 and answers[0]["ok"] and answers[0]["request"] == str(tmp_path / "req.json")
+    assert "Loaded model config from" in proc.stderr and "Data shape for DDIM sampling" in proc.stderr
+    out = np.array(Image.open(tmp_path / "out.png"))
+    y1, y2, x1, x2 = target.box_yyxx
+    assert out.shape == (512, 512, 3) and abs(int(out[(y1 + y2) // 2, (x1 + x2) // 2, 0]) - 200) <= 2

@@ -19,10 +19,10 @@ from bench.assets import AssetResolver
 from bench.context import RunContext
 from bench.lora.apply import lora_merged
 from bench.plugins import get_plugin_manager, registered_methods
+from bench.prompts import LayerwiseState, install_layerwise
 from bench.seeds import initial_noise
 from bench.spec import load_spec
-from bench.textual import LayerwiseState, install_layerwise
-from composer.synthetic import random_concept_lora
+from randomworld.loras import random_concept_lora
 from tests.conftest import REPO
 
 SIZE = {"seed": 3, "width": 128, "height": 64, "steps": 3, "guidance_scale": 7.5}
@@ -73,10 +73,33 @@ def test_one_lora_switch_and_composite_equal_diffusers_with_the_merged_lora(pipe
     torch.testing.assert_close(composite, expected, rtol=1e-4, atol=1e-4)
 
 
+def upstream_switch_schedule(steps: int, switch_step: int, count: int) -> list[int]:
+    """The LoRA active at each step under Multi-LoRA-Composition's switch callback, simulated as written.
+
+    ``callbacks.py`` L6: ``if step_index > 0 and step_index % switch_step == 0:`` switch to the next LoRA,
+    in diffusers' ``callback_on_step_end``, i.e. after step ``step_index`` has run.
+    """
+    active, schedule = 0, []
+    for step_index in range(steps):
+        schedule.append(active)  # the step runs with the current LoRA, then the callback fires
+        if step_index > 0 and step_index % switch_step == 0:
+            active = (active + 1) % count
+    return schedule
+
+
+def test_switch_schedule_follows_upstream_callback() -> None:
+    for steps, every, count in [(50, 5, 2), (50, 5, 3), (200, 5, 4), (7, 1, 2), (12, 3, 2), (3, 10, 2)]:
+        assert [active_lora(i, every, count) for i in range(steps)] == upstream_switch_schedule(steps, every, count)
+    # by hand: the first LoRA runs 6 steps (0-5), the next ones 5 each
+    assert [active_lora(i, 5, 2) for i in range(17)] == [0] * 6 + [1] * 5 + [0] * 5 + [1]
+    assert [active_lora(i, 1, 2) for i in range(5)] == [0, 0, 1, 0, 1]
+
+
 def test_switch_alternates_the_active_lora(pipe, loras) -> None:
-    assert [active_lora(i, 2, 2) for i in range(6)] == [0, 0, 1, 1, 0, 0]
     prompt, negative = "<a1> <a2> and <b1> <b2>", "blurry"
-    expected = _diffusers(pipe, prompt, negative, loras, [0, 1, 0])
+    schedule = upstream_switch_schedule(SIZE["steps"], 1, 2)
+    assert schedule == [0, 0, 1]
+    expected = _diffusers(pipe, prompt, negative, loras, schedule)
     got = switch_latents(pipe, prompt, negative, loras, 1.0, 1, **SIZE)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(got, _diffusers(pipe, prompt, negative, loras, [0, 0, 0]), atol=1e-3)
@@ -111,7 +134,7 @@ def test_regional_box_over_the_image_equals_diffusers_with_that_lora_and_prompt(
 def test_methods_are_registered_and_leave_the_shared_pipeline_unchanged(monkeypatch) -> None:
     monkeypatch.setenv("LCBENCH_PLUGINS", "baselines.plugin")
     methods = registered_methods(get_plugin_manager())
-    spec = load_spec(REPO / "datasets" / "tiny.yaml")
+    spec = load_spec(REPO / "datasets" / "random.yaml")
     ctx = RunContext(spec, AssetResolver(spec))
     scene = spec.scenes["man_dog_cat_castle"]
     pipe = ctx.base_pipeline(scene.style)
@@ -123,7 +146,7 @@ def test_methods_are_registered_and_leave_the_shared_pipeline_unchanged(monkeypa
         generation = method.create(method.resolve_params({"steps": "2", "switch_every": 1}
                                                          if name == "lora-switch" else {"steps": "2"}))
         result = generation.generate(scene, 7, ctx)
-        assert result.image.size == (scene.width, scene.height) and result.record["params"]["steps"] == 2
+        assert result.image.size == (scene.width, scene.height) and "params" not in result.record
     assert result.record["concepts"] == list(scene.concept_ids)
     with pytest.raises(ValueError, match="lora-switch.prompt"):
         methods["lora-switch"].create(methods["lora-switch"].resolve_params({"prompt": "regions"}))

@@ -14,8 +14,9 @@ from test_baseline_pbe import FakeContext, make_tiny_bench
 
 from baselines import cones2
 from baselines.cones2.layout import attention_grids, subject_map
+from baselines.cones2.residual import epoch_batches, preservation_loss
 from baselines.cones2.sampler import euler_update
-from bench.tiny_models import sd_scheduler
+from bench.pipelines import sd_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +72,27 @@ def test_prompt_positions_separate_same_class_subjects(ctx: FakeContext) -> None
     assert torch.equal(pos[..., 1], map_a) and torch.equal(pos[..., 3], map_b)
     assert torch.equal(up[..., 1], map_a + map_b) and torch.equal(up[..., 3], map_a + map_b)  # upstream mixes
     # dogA box x 0.05-0.4, y 0.2-0.9 on an 8 x 16 grid: rows ceil(1.6)=2 .. floor(7.2)=7, cols 1 .. 6
-    assert map_a[2:7, 1:6].eq(2.5).all() and map_a.eq(2.5).sum() == 25 and map_a.eq(-1e8).any()
+    assert map_a[2:7, 1:6].eq(2.5).all() and map_a.eq(2.5).sum() == 25
+    # everywhere else, dogB's box and the background alike, dogA's tokens get weight_negative (upstream L215)
+    assert map_a.eq(-1e8).sum() == 8 * 16 - 25 and map_a[0, 0] == -1e8
     assert pos[..., [0, 2, 4]].eq(0).all()
+
+
+def test_subject_map_is_negative_outside_its_box_background_included() -> None:
+    """Upstream ``layout_guidance.py`` L215 (``_image_context_seperator``): ``torch.where(img_where_color,
+    weight_active, neg)`` -- ``neg`` on every pixel outside the subject's colour, background included; the
+    ``torch.where`` after it sets ``neg`` on coloured pixels still at 0 (only when ``weight_active == 0``)."""
+    a = cones2.Subject("a", "dog", 1, 1, (0.0, 0.0, 0.5, 0.5))  # grid 4 x 6: rows 0-1, cols 0-2
+    b = cones2.Subject("b", "cat", 3, 1, (0.5, 0.5, 1.0, 1.0))  # rows 2-3, cols 3-5
+    A, N = 2.5, -1e8
+    expected_a = torch.tensor([[A, A, A, N, N, N], [A, A, A, N, N, N], [N] * 6, [N] * 6])
+    expected_b = torch.tensor([[N] * 6, [N] * 6, [N, N, N, A, A, A], [N, N, N, A, A, A]])
+    assert torch.equal(subject_map([a, b], 0, 4, 6, A, N), expected_a)
+    assert torch.equal(subject_map([a, b], 1, 4, 6, A, N), expected_b)
+    assert torch.equal(subject_map([a, b], 0, 4, 6, 0.0, N), torch.full((4, 6), N))  # upstream's 0-weight quirk
+    # an overlapping later box owns the shared cells, like a colour painted over another
+    c = cones2.Subject("c", "cat", 3, 1, (0.0, 0.0, 1 / 3, 0.5))  # rows 0-1, cols 0-1
+    assert torch.equal(subject_map([a, c], 0, 4, 6, A, N)[:2], torch.tensor([[N, N, A, N, N, N]] * 2))
 
 
 def test_guidance_raises_token_attention_inside_its_box(ctx: FakeContext) -> None:
@@ -96,9 +116,11 @@ def test_guidance_raises_token_attention_inside_its_box(ctx: FakeContext) -> Non
         pipe.unet.set_attn_processor(original)
     inside_a = subject_map(subjects, 0, 8, 16, 1.0, 0.0).reshape(-1).bool()
     inside_b = subject_map(subjects, 1, 8, 16, 1.0, 0.0).reshape(-1).bool()
+    outside_a = ~inside_a
     for plain, guided in zip(maps[0.0], maps[0.08], strict=True):
         assert guided[:, inside_a, 1].mean() > plain[:, inside_a, 1].mean()  # dogA's token inside dogA's box
         assert guided[:, inside_b, 1].max() < 1e-6  # and shut out of dogB's box
+        assert guided[:, outside_a, 1].max() < 1e-6 < plain[:, outside_a & ~inside_b, 1].max()  # and the background
     assert all(type(pipe.unet.attn_processors[k]) is type(v) for k, v in original.items())
 
 
@@ -129,6 +151,39 @@ def test_train_residual_and_roundtrip(ctx: FakeContext, tmp_path: Path) -> None:
     assert torch.equal(cones2.load_residual(tmp_path / "dogA.pt", 32, 1), res)
     with pytest.raises(ValueError, match=r"expected \[1, 64\]"):
         cones2.load_residual(tmp_path / "dogA.pt", 64, 1)
+
+
+def test_preservation_loss_slices_like_upstream() -> None:
+    """Upstream ``train_cones2.py``: ``torch.norm(torch.squeeze(target_embed)[:1] - torch.squeeze(e)[:1], 2)``
+    and ``[1 + token_num:]``, so batch 1 slices tokens and batch 4 slices samples."""
+    gen = torch.Generator().manual_seed(0)
+    target, hidden = torch.randn(1, 77, 8, generator=gen), torch.randn(1, 77, 8, generator=gen)
+    one = 1e-2 * (target[0, :1] - hidden[0, :1]).pow(2).sum().sqrt()
+    one = one + 1e-3 * (target[0, 2:] - hidden[0, 2:]).pow(2).sum().sqrt()  # BOS, then after the 1-token word
+    assert torch.allclose(preservation_loss(target, hidden, 1, 1e-2, 1e-3), one)
+    target4, hidden4 = torch.randn(4, 77, 8, generator=gen), torch.randn(4, 77, 8, generator=gen)
+    four = 1e-2 * (target4[0] - hidden4[0]).pow(2).sum().sqrt()  # the whole first sample, class word included
+    four = four + 1e-3 * (target4[2:] - hidden4[2:]).pow(2).sum().sqrt()  # samples 2 and 3
+    assert torch.allclose(preservation_loss(target4, hidden4, 1, 1e-2, 1e-3), four)
+    assert preservation_loss(target4, hidden4, 3, 0.0, 1.0) == 0  # no sample left after 1 + 3
+
+
+def test_train_residual_in_batches(ctx: FakeContext) -> None:
+    """``batch_size`` as upstream's ``--train_batch_size``: shuffled epochs cut into batches, the last smaller."""
+    pipe = ctx.base_pipeline("real")
+    images = ctx.reference_images("dogA")
+    images = [*images, images[0]]  # 3 images: epochs of batches 2 + 1
+    sizes = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    try:
+        res = cones2.train_residual(pipe, ctx.concept("dogA"), images, 3, learning_rate=1e-3, resolution=32,
+                                    batch_size=2)
+    finally:
+        hook.remove()
+    assert sizes == [2, 1, 2] and res.shape == (1, 32) and torch.isfinite(res).all()
+    assert [len(b) for b in epoch_batches(5, 4, torch.Generator().manual_seed(0))] == [4, 1]
+    with pytest.raises(ValueError, match="batch_size"):
+        cones2.train_residual(pipe, ctx.concept("dogA"), images, 1, batch_size=0)
 
 
 def test_generates_for_the_tiny_benchmark(ctx: FakeContext) -> None:
@@ -162,9 +217,9 @@ def _tiny_sd2_pipeline():
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from bench.tiny_models import build_tiny_pipeline, tiny_unet_config
+    from randomworld.models import build_random_pipeline, random_unet_config
 
-    base = build_tiny_pipeline()
+    base = build_random_pipeline()
     tok = base.tokenizer
     torch.manual_seed(5)
     text_encoder = CLIPTextModel(
@@ -182,7 +237,7 @@ def _tiny_sd2_pipeline():
         )
     )
     unet = UNet2DConditionModel(
-        **{**tiny_unet_config(64), "use_linear_projection": True, "attention_head_dim": (2, 4, 8, 8)}
+        **{**random_unet_config(64), "use_linear_projection": True, "attention_head_dim": (2, 4, 8, 8)}
     )
     scheduler = type(base.scheduler).from_config(base.scheduler.config, prediction_type="v_prediction")
     pipe = StableDiffusionPipeline(

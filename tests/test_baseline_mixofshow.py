@@ -9,7 +9,7 @@ from diffusers import T2IAdapter
 
 from baselines.mixofshow.cache import cached_fusion
 from baselines.mixofshow.fusion import FusionConcept, FusionConfig, gradient_fusion, weights_applied
-from baselines.mixofshow.sampling import RegionPrompt, mixofshow_config, prepare_fused_layout, regional_sample
+from baselines.mixofshow.sampling import RegionPrompt, mixofshow_settings, prepare_fused_layout, regional_sample
 from bench.assets import AssetResolver
 from bench.boxes import box_to_grid
 from bench.context import RunContext
@@ -17,15 +17,18 @@ from bench.layers import cross_attention_layers
 from bench.lora.apply import lora_merged
 from bench.lora.canonical import ConceptLora, LoraDelta
 from bench.plugins import get_plugin_manager, registered_methods
+from bench.prompts import LayerwiseTextEncoder
 from bench.seeds import initial_noise
 from bench.spec import load_spec
-from bench.textual import LayerwiseTextEncoder
-from bench.tiny_models import build_tiny_adapter
-from composer.adapter import adapter_residuals
-from composer.attention import Controller, composer_processors
+from composer.config import ComposerConfig
+from composer.guidance import composer_sampler
 from composer.layout import RegionInput, prepare_layout
-from composer.pipeline import ComposerConfig, Sampler
-from composer.synthetic import random_concept_lora
+from randomworld.loras import random_concept_lora
+from randomworld.models import build_random_adapter
+from regions.adapters import adapter_residuals
+from regions.controller import Controller
+from regions.processors import region_processors
+from regions.sampler import RegionSampler
 from tests.conftest import REPO
 
 SPATIAL = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q")
@@ -145,7 +148,7 @@ def test_mixofshow_and_composer_regional_sampling_agree_on_the_same_region_keys_
     noise = initial_noise(4, (1, 4, 8, 16))
     layout = prepare_layout(pipe, "a cat", "low quality", [RegionInput(box, prompt, lora, ("<a1>", "<a2>"), negative)])
     off = ComposerConfig(num_steps=3, concept_enhancement=False, concept_isolation=False, latent_reinit=False)
-    composer = Sampler(pipe.unet, type(pipe.scheduler).from_config(pipe.scheduler.config), layout, off)(noise)
+    composer = composer_sampler(pipe.unet, type(pipe.scheduler).from_config(pipe.scheduler.config), layout, off)(noise)
     with lora_merged(pipe.unet, pipe.text_encoder, [lora], [1.0]):
         fused_layout = prepare_fused_layout(pipe, lora, "a cat", "low quality", [RegionPrompt(box, prompt, negative)])
         mixofshow = regional_sample(pipe, fused_layout, noise, 3, 7.5)
@@ -194,7 +197,7 @@ def test_fused_region_rewrite_matches_an_independent_upstream_reference(pipe) ->
     latents, t = torch.cat([initial_noise(6, (1, 4, 8, 16))] * 2), torch.tensor(500)
     states = layout.encoder_states
     controller = Controller(boxes=layout.boxes, latent_hw=(8, 16), layers=layout.caches, region_mask=False)
-    with torch.no_grad(), composer_processors(pipe.unet, controller):
+    with torch.no_grad(), region_processors(pipe.unet, controller):
         got = pipe.unet(latents, t, encoder_hidden_states=states).sample
     original = pipe.unet.attn_processors
     index = {n: i for i, n in enumerate(cross_attention_layers(pipe.unet))}
@@ -227,16 +230,16 @@ def test_adapter_features_only_inside_weighted_boxes_and_on_every_step(pipe) -> 
         torch.testing.assert_close(feature[..., inside], 0.8 * plain[..., inside])
     tokens = ConceptLora()
     layout = prepare_fused_layout(pipe, tokens, "a cat", "", [RegionPrompt(b, "a cat") for b in boxes], features)
-    sampler = Sampler(pipe.unet, type(pipe.scheduler).from_config(pipe.scheduler.config), layout,
-                      mixofshow_config(num_steps=3))
+    sampler = RegionSampler(pipe.unet, type(pipe.scheduler).from_config(pipe.scheduler.config), layout,
+                            mixofshow_settings(num_steps=3))
     result = sampler(initial_noise(1, (1, 4, 8, 16)))
-    assert result.log["adapter_steps"] == [0, 1, 2] and result.log["refine_steps"] == 0
+    assert result.log["adapter_steps"] == [0, 1, 2] and "refine_steps" not in result.log  # no guidance
 
 
 def test_method_generates_with_cached_fusion_and_leaves_the_pipeline_unchanged(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("LCBENCH_CACHE", str(tmp_path))
     monkeypatch.setenv("LCBENCH_PLUGINS", "baselines.plugin")
-    spec = load_spec(REPO / "datasets" / "tiny.yaml")
+    spec = load_spec(REPO / "datasets" / "random.yaml")
     ctx = RunContext(spec, AssetResolver(spec))
     scene = spec.scenes["man_dog_cat_castle"]
     pipe = ctx.base_pipeline(scene.style)
@@ -249,7 +252,7 @@ def test_method_generates_with_cached_fusion_and_leaves_the_pipeline_unchanged(m
     assert first.image.size == (scene.width, scene.height)
     assert (first.record["fusion_cache_hit"], second.record["fusion_cache_hit"]) == (False, True)
     assert first.record["fusion_key"] == second.record["fusion_key"]
-    assert first.record["branch"] == "research" and first.record["deviations"]
+    assert first.record["branch"] == "research" and method_spec.deviations
     assert set(first.record["fused_concepts"]) == {"man", "dog", "cat", "castle"}
     assert list(first.image.getdata()) == list(second.image.getdata())
     after = {**pipe.unet.state_dict(), **pipe.text_encoder.state_dict()}
@@ -259,7 +262,7 @@ def test_method_generates_with_cached_fusion_and_leaves_the_pipeline_unchanged(m
 def test_adapter_method_uses_builtin_adapters_and_equals_mix_of_show_without_conditions(monkeypatch, tmp_path):
     monkeypatch.setenv("LCBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LCBENCH_PLUGINS", "baselines.plugin")
-    spec = load_spec(REPO / "datasets" / "tiny.yaml")
+    spec = load_spec(REPO / "datasets" / "random.yaml")
     ctx = RunContext(spec, AssetResolver(spec))
     methods = registered_methods(get_plugin_manager())
     small = {"steps": 2, "text_iters": 2, "unet_iters": 2, "spatial_steps": 1, "spatial_size": 64, "fuse": "scene"}
@@ -279,25 +282,25 @@ def test_adapter_method_uses_builtin_adapters_and_equals_mix_of_show_without_con
     scene = spec.scenes["man_dog_cat_guided"]
     guided = adapter_method.generate(scene, 7, ctx)
     reference = plain_method.generate(scene, 7, ctx)
-    assert guided.record["adapters"] == {"sketch": "builtin:tiny-t2i-sketch", "pose": "builtin:tiny-t2i-pose"}
+    assert guided.record["adapters"] == {"sketch": "builtin:random-t2i-sketch", "pose": "builtin:random-t2i-pose"}
     assert guided.record["adapter_note"] is None and reference.record["adapters"] == {}
     assert guided.record["fusion_key"] == reference.record["fusion_key"]
     assert list(guided.image.getdata()) != list(reference.image.getdata())
     # A diffusers folder holding the built-in sketch adapter gives the same image as the built-in ref.
-    build_tiny_adapter("sketch").save_pretrained(tmp_path / "sketch")
+    build_random_adapter("sketch").save_pretrained(tmp_path / "sketch")
     only_sketch = {**small, "pose_adapter": "none"}
     from_folder = star.create(star.resolve_params({**only_sketch, "sketch_adapter": str(tmp_path / "sketch")}))
     folder_image = from_folder.generate(scene, 7, ctx)
     builtin_image = star.create(star.resolve_params(only_sketch)).generate(scene, 7, ctx)
     assert folder_image.record["adapters"] == {"sketch": str(tmp_path / "sketch")}
-    assert builtin_image.record["adapters"] == {"sketch": "builtin:tiny-t2i-sketch"}
+    assert builtin_image.record["adapters"] == {"sketch": "builtin:random-t2i-sketch"}
     assert list(folder_image.image.getdata()) == list(builtin_image.image.getdata())
     assert list(folder_image.image.getdata()) != list(guided.image.getdata())  # the pose adapter mattered
 
 
 def test_adapter_method_auto_with_a_real_base_model_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setenv("LCBENCH_PLUGINS", "baselines.plugin")
-    spec = load_spec(REPO / "datasets" / "tiny.yaml")
+    spec = load_spec(REPO / "datasets" / "random.yaml")
     ctx = RunContext(spec, AssetResolver(spec))
     monkeypatch.setattr(ctx.assets, "base_model_ref", lambda style: "/models/sd15")
     star = registered_methods(get_plugin_manager())["mix-of-show-adapter"]

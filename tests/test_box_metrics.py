@@ -20,16 +20,18 @@ import yaml
 from PIL import Image
 from test_metrics_fixtures import FolderReferences, noise_image
 
-from bench.cli import main
+from bench.resolved import resolved_document
 from bench.spec import SpecError, _scene_to_plain, load_spec
 from bench.store import ItemKey, RunStore
-from metrics import box_concepts, default_metrics, score_run
+from lcbench.cli import main
+from metrics import box_concepts
 from metrics.api import ScoreItem
-from metrics.box_concepts import LoadedClassifier
 from metrics.context import ScoreContext, clip_choice
-from metrics.models import TINY_CLIP, TOY_CLIP, ClipEmbedder, file_hash, toy_clip_files
+from metrics.models import RANDOM_CLIP, ClipEmbedder, file_hash
 from metrics.plugin import builtin_metrics
+from metrics.scoring import default_metrics, score_run
 from toyworld.classifier import BoxClassifier, BoxPrediction, classify_boxes
+from toyworld.clip import CLIP_CONFIG, TOY_CLIP
 from toyworld.world import COLOURS, PLAIN_BACKGROUNDS, ToyObject, render
 
 SPECS = {m.name: m for m in builtin_metrics()}
@@ -107,9 +109,18 @@ class StubClassifier:
         return [BoxPrediction(s, c, t, 0.9) for s, c, t in self.readings.pop(0)]
 
 
+class StubJudge:
+    """A box judge (the metrics' BoxJudge protocol) that answers with a stub classifier's readings."""
+
+    ref, weights, preprocess, crop = "builtin:toy-classifier", "sha256:stub", "stub", "square around box, 32x32"
+
+    def __init__(self, classify: Any):
+        self.read = classify
+
+
 def _context(spec_path: Path, classify: Any) -> ScoreContext:
     ctx = ScoreContext(load_spec(spec_path), FolderReferences(spec_path.parent))
-    ctx._embedders["classifier"] = LoadedClassifier("builtin:toy-classifier", "sha256:stub", classify)
+    ctx._embedders["box_judge"] = StubJudge(classify)
     return ctx
 
 
@@ -146,7 +157,7 @@ def test_spec_attributes_and_evaluation_load_and_hash(tmp_path: Path) -> None:
     assert spec.concepts["plain"].attributes == {}
     assert spec.evaluation.classifier == "builtin:toy-classifier" and spec.evaluation.clip_model is None
     # specs that use neither new field keep the hash they had
-    for name in ("paper", "tiny"):
+    for name in ("paper", "random"):
         shipped = load_spec(Path(__file__).resolve().parents[1] / "datasets" / f"{name}.yaml")
         assert not shipped.evaluation.is_set and shipped.spec_hash() == _old_hash(shipped)
     bare = copy.deepcopy(SPEC)
@@ -196,11 +207,11 @@ def test_clip_choice_and_default_metrics(tmp_path: Path) -> None:
     toy = load_spec(_write_spec(tmp_path / "t", _with(evaluation={
         "clip_model": "builtin:toy-clip", "clip_weights": "w/clip.safetensors", "classifier": "builtin:toy-classifier"
     })))
-    assert clip_choice(plain) == (TINY_CLIP, None)
+    assert clip_choice(plain) == (RANDOM_CLIP, None)
     assert clip_choice(toy) == (TOY_CLIP, str(tmp_path / "t" / "w/clip.safetensors"))
     assert clip_choice(toy, "ViT-B-32") == ("ViT-B-32", None)  # the spec's weights belong to the spec's model
     assert clip_choice(toy, None, "mine.pt") == (TOY_CLIP, "mine.pt")
-    assert clip_choice(plain, None, "mine.pt") == (TINY_CLIP, "mine.pt")
+    assert clip_choice(plain, None, "mine.pt") == (RANDOM_CLIP, "mine.pt")
     four = ("clip_i", "clip_t", "clip_i@official", "clip_t@official")
     assert default_metrics(plain) == four
     assert default_metrics(toy) == (*four, "vanishing", "confusion")
@@ -338,17 +349,17 @@ def test_classifier_file_and_builtin_resolution(tmp_path: Path, monkeypatch: pyt
     # builtin:toy-classifier reads toyworld/weights/classifier.safetensors; missing, it names the script
     monkeypatch.setattr(toyworld.models, "WEIGHTS_DIR", tmp_path / "weights")
     builtin = load_spec(_write_spec(tmp_path, SPEC, "builtin.yaml"))
-    with pytest.raises(FileNotFoundError, match="python -m toyworld.train classifier") as info:
-        box_concepts.load_box_classifier(builtin)
+    with pytest.raises(FileNotFoundError, match="python -m toytrain classifier") as info:
+        ScoreContext(builtin, FolderReferences(tmp_path)).box_judge()
     assert str(tmp_path / "weights" / "classifier.safetensors") in str(info.value)
     _save_classifier(tmp_path / "weights" / "classifier.safetensors")
-    loaded = box_concepts.load_box_classifier(builtin)
+    loaded = ScoreContext(builtin, FolderReferences(tmp_path)).box_judge()
     assert loaded.ref == "builtin:toy-classifier"
     assert loaded.weights == f"sha256:{file_hash(tmp_path / 'weights' / 'classifier.safetensors')}"
-    assert [box_concepts.describe(p) for p in loaded.classify(image, [PIXEL_BOXES["tl"]])] == [rows[0]["predicted"]]
-    with pytest.raises(ValueError, match="evaluation.classifier': expected 'builtin:toy-classifier'"):
-        box_concepts.load_box_classifier(load_spec(_write_spec(tmp_path, _with(
-            evaluation={"classifier": "builtin:resnet"}), "bad.yaml")))
+    assert [box_concepts.describe(p) for p in loaded.read(image, [PIXEL_BOXES["tl"]])] == [rows[0]["predicted"]]
+    bad = load_spec(_write_spec(tmp_path, _with(evaluation={"classifier": "builtin:resnet"}), "bad.yaml"))
+    with pytest.raises(ValueError, match="evaluation.classifier': unknown built-in box_judge 'builtin:resnet'"):
+        ScoreContext(bad, FolderReferences(tmp_path)).box_judge()
 
 
 def _make_run(root: Path, data: dict) -> Path:
@@ -359,6 +370,7 @@ def _make_run(root: Path, data: dict) -> Path:
         (root / "refs" / concept).mkdir(parents=True)
         noise_image(k, (32, 32), (200, 100, 100)).save(root / "refs" / concept / "a.png")
     store = RunStore(root / "run")
+    store.write_spec(resolved_document(spec, root))
     store.write_manifest({"dataset": {"name": spec.name, "path": str(spec_path), "spec_hash": spec.spec_hash()},
                           "methods": {"m": {"name": "m", "params": {}, "description": "m"}}})
     images = [render([_obj("circle", "red", PIXEL_BOXES["tl"])], "white"), render([], "white")]
@@ -373,8 +385,7 @@ def test_score_run_defaults_add_the_classifier_metrics(tmp_path: Path, monkeypat
     readings = [[("circle", "red", "striped"), ("none", "red", "solid"), ("none", "red", "solid")],
                 [("none", "red", "solid")] * 3]
     stub = StubClassifier(readings * 2)  # both images, for vanishing and then for confusion
-    monkeypatch.setattr(box_concepts, "load_box_classifier",
-                        lambda spec: LoadedClassifier("builtin:toy-classifier", "sha256:stub", stub))
+    monkeypatch.setattr(ScoreContext, "box_judge", lambda self: StubJudge(stub))
     out = score_run(run, references=FolderReferences(tmp_path), quiet=True)
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
         ["clip_i", "clip_t", "clip_i@official", "clip_t@official", "vanishing", "confusion"]
@@ -403,7 +414,7 @@ def _save_toy_clip(path: Path) -> dict[str, torch.Tensor]:
     import open_clip
     from safetensors.torch import save_file
 
-    config, _ = toy_clip_files()
+    config = CLIP_CONFIG
     open_clip.add_model_config(config)
     torch.manual_seed(1234)  # not the embedder's seed 0: loading must replace the random init
     state = {k: v.half().contiguous() for k, v in open_clip.create_model(config.stem).state_dict().items()}
@@ -413,14 +424,13 @@ def _save_toy_clip(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_toy_clip_loads_safetensors_and_fingerprints_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import metrics.models
+    import toyworld.clip
 
     torch.set_num_threads(1)
-    config, _ = toy_clip_files()
-    assert config.name == "lcbench_toy_clip.json"
+    assert CLIP_CONFIG.name == "lcbench_toy_clip.json"
     weights = tmp_path / "weights" / "clip.safetensors"
-    monkeypatch.setattr(metrics.models, "toy_clip_files", lambda: (config, weights))
-    with pytest.raises(FileNotFoundError, match="python -m toyworld.train clip") as info:
+    monkeypatch.setattr(toyworld.clip, "CLIP_WEIGHTS", weights)
+    with pytest.raises(FileNotFoundError, match="python -m toytrain clip") as info:
         ClipEmbedder(TOY_CLIP)
     assert str(weights) in str(info.value)
     state = _save_toy_clip(weights)

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from study_sample import make_sample_runs
 from websockets.sync.client import connect
 
-from bench.study import StudyDB, create_study, dashboard_command
-from bench.study.sample import make_sample_runs
+from lcbench.dashboard.launch import dashboard_command
+from lcbench.study import StudyDB, create_study
 
 CHROMIUM_FLAGS = [
     "--headless",

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.cli import main
+from lcbench.cli import main
 
 
 def test_list_shows_methods_datasets_metrics(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in ("lora-merge", "lora-composer", "paint-by-example", "cones2", "tiny", "paper", "clip_i"):
+    for name in ("lora-merge", "lora-composer", "paint-by-example", "cones2", "random", "paper", "clip_i"):
         assert name in out
     assert "anydoor" in out and "unavailable" in out
 
@@ -27,7 +27,7 @@ def test_check_assets_lists_exactly_what_is_missing(tmp_path, capsys):
 
 
 def test_check_assets_on_the_tiny_dataset_is_complete(capsys):
-    assert main(["check-assets", "--dataset", "tiny"]) == 0
+    assert main(["check-assets", "--dataset", "random"]) == 0
     assert "every asset is present" in capsys.readouterr().out
 
 

@@ -10,11 +10,12 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from bench.layers import cross_attention_layers
-from bench.textual import LayerwiseTextEncoder
-from composer.attention import Controller, CrossAttnProcessor, SelfAttnProcessor, composer_processors
-from composer.caches import build_layer_caches
+from bench.prompts import LayerwiseTextEncoder
 from composer.layout import RegionInput, prepare_layout
-from composer.synthetic import random_concept_lora
+from randomworld.loras import random_concept_lora
+from regions.controller import Controller
+from regions.processors import CrossAttnProcessor, SelfAttnProcessor, region_processors
+from regions.sources import ConceptDeltas, build_layer_caches
 
 SD15_ORDER = (
     [f"down_blocks.{b}.attentions.{a}" for b in range(3) for a in range(2)]
@@ -48,7 +49,7 @@ def test_region_keys_values_equal_merged_weights(pipe, lora) -> None:
     names = cross_attention_layers(pipe.unet)
     global_embeds, region_embeds = _layerwise_embeds(16), _layerwise_embeds(16, regions=2, seed=1)
     other = random_concept_lora(pipe.unet, pipe.text_encoder, ["<y1>", "<y2>"], seed=4)
-    caches = build_layer_caches(pipe.unet, global_embeds, region_embeds, [other, lora])
+    caches = build_layer_caches(pipe.unet, global_embeds, region_embeds, ConceptDeltas([other, lora]))
     for index in (0, 6, 15):
         merged = _merged_attention(pipe, lora, names[index])
         e = region_embeds[1, :, index]  # region 1 uses `lora`, both CFG branches
@@ -64,7 +65,7 @@ def test_region_output_equals_merged_model_inside_the_box(pipe, lora, index: int
     """A box covering the whole image: the output is exactly the merged layer's attention to the region prompt."""
     names = cross_attention_layers(pipe.unet)
     global_embeds, region_embeds = _layerwise_embeds(16), _layerwise_embeds(16, regions=1, seed=2)
-    caches = build_layer_caches(pipe.unet, global_embeds, region_embeds, [lora])
+    caches = build_layer_caches(pipe.unet, global_embeds, region_embeds, ConceptDeltas([lora]))
     controller = Controller(boxes=[(0.0, 0.0, 1.0, 1.0)], latent_hw=(8, 16), layers=caches)
     attn = pipe.unet.get_submodule(names[index])
     level = {1: 1, 6: 8, 12: 2}[index]
@@ -84,7 +85,7 @@ def test_layerwise_embeddings_reach_their_layers(pipe) -> None:
     global_embeds = _layerwise_embeds(16, seed=7)
     caches = build_layer_caches(pipe.unet, global_embeds)
     controller = Controller(boxes=[], latent_hw=(8, 16), layers=caches)
-    with composer_processors(pipe.unet, controller):
+    with region_processors(pipe.unet, controller):
         processors = pipe.unet.attn_processors
         for index, block in enumerate(SD15_ORDER):
             name = f"{block}.transformer_blocks.0.attn2"
@@ -101,7 +102,7 @@ def test_region_mask_blocks_attention_between_boxes(pipe) -> None:
     boxes = [(0.0, 0.0, 0.5, 0.75), (0.375, 0.25, 1.0, 1.0), (0.75, 0.0, 1.0, 0.25)]  # 0 and 1 overlap
     caches = build_layer_caches(pipe.unet, _layerwise_embeds(16))
     controller = Controller(boxes=boxes, latent_hw=(8, 16), layers=caches, mode="cond", store_self=True,
-                            loss_level=1)
+                            map_level=1)
     name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
     attn = pipe.unet.get_submodule(name)
     hidden = torch.randn(1, 8 * 16, attn.to_q.in_features, generator=torch.Generator().manual_seed(0))

@@ -9,11 +9,14 @@ import torch
 from diffusers import T2IAdapter
 
 from bench.seeds import initial_noise
-from composer.adapter import adapter_residuals, load_adapter, weight_map
-from composer.attention import Controller, composer_processors
+from composer.config import ComposerConfig
+from composer.guidance import composer_sampler
 from composer.layout import RegionInput, prepare_layout
-from composer.pipeline import ComposerConfig, Sampler
-from composer.synthetic import random_concept_lora
+from randomworld.loras import random_concept_lora
+from regions.adapters import adapter_residuals, load_adapter, weight_map
+from regions.controller import Controller
+from regions.processors import region_processors
+from regions.sampler import RegionSampler
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +39,9 @@ def test_no_regions_no_constraints_equals_stable_diffusion_pipeline(pipe) -> Non
                     latents=noise.clone(), height=64, width=128, output_type="latent").images
     layout = prepare_layout(pipe, "a photo of a cat", "blurry")
     config = ComposerConfig(num_steps=3, concept_enhancement=False, concept_isolation=False, latent_reinit=False)
-    result = Sampler(pipe.unet, _scheduler(pipe), layout, config)(noise)
+    result = composer_sampler(pipe.unet, _scheduler(pipe), layout, config)(noise)
     torch.testing.assert_close(result.latents, expected, rtol=1e-5, atol=1e-5)
-    assert not any(type(p).__module__.startswith("composer") for p in pipe.unet.attn_processors.values())
+    assert not any(type(p).__module__.startswith("regions") for p in pipe.unet.attn_processors.values())
     assert all(p.requires_grad for p in pipe.unet.parameters())  # flags restored
 
 
@@ -47,9 +50,9 @@ def test_token_positions_come_from_the_tokenizer(pipe, regions) -> None:
     assert layout.token_positions == [[2, 3], [3, 4]]  # SOT, a, <a1>, <a2> / SOT, photo, of, <b1>, <b2>
 
 
-def _in_box_mass(sampler: Sampler) -> list[float]:
+def _in_box_mass(sampler: RegionSampler) -> list[float]:
     """Per region: the concept tokens' cross-attention (last forward's maps) summed over the cells of its box."""
-    geo = sampler.controller.geometry(sampler.config.loss_level)
+    geo = sampler.controller.geometry(sampler.settings.map_level)
     cross = sampler.controller.store.cross_mean().detach().view(len(geo.grid_boxes), geo.h, geo.w, -1)
     masses = []
     for r, (y0, y1, x0, x1) in enumerate(geo.grid_boxes):
@@ -64,13 +67,13 @@ def _refined_masses(pipe, regions, enhancement: bool, steps: int = 3) -> list[li
     config = ComposerConfig(num_steps=4, loss_level=1, concept_enhancement=enhancement, step_size=100.0)
     scheduler = _scheduler(pipe)
     scheduler.set_timesteps(4)
-    sampler = Sampler(pipe.unet, scheduler, layout, config)
-    sampler.controller = Controller(boxes=layout.boxes, latent_hw=(8, 8), layers=layout.caches, loss_level=1)
+    sampler = composer_sampler(pipe.unet, scheduler, layout, config)
+    sampler.controller = Controller(boxes=layout.boxes, latent_hw=(8, 8), layers=layout.caches, map_level=1)
     latents, t = initial_noise(5, (1, 4, 8, 8)), scheduler.timesteps[1]
     history = []
-    with composer_processors(pipe.unet, sampler.controller):
+    with region_processors(pipe.unet, sampler.controller):
         for _ in range(steps):
-            latents, _, _ = sampler.refine(latents, t, config.step_size, adapter=False)
+            latents, _, _ = sampler.guidance.refine(sampler, latents, t, config.step_size, adapter=False)
             if enhancement:  # the maps of this refinement's forward (before its update)
                 history.append(_in_box_mass(sampler))
         with torch.no_grad():
@@ -92,7 +95,7 @@ def test_concept_enhancement_raises_in_box_attention(pipe, regions) -> None:
 def test_refinement_schedule_and_record(pipe, regions) -> None:
     layout = prepare_layout(pipe, "a cat and a dog", "low quality", regions)
     config = ComposerConfig(num_steps=4, loss_level=2, max_refine_steps=3)
-    result = Sampler(pipe.unet, _scheduler(pipe), layout, config)(initial_noise(1, (1, 4, 8, 8)))
+    result = composer_sampler(pipe.unet, _scheduler(pipe), layout, config)(initial_noise(1, (1, 4, 8, 8)))
     log = result.log
     assert log["refine_steps"] == 3 and log["stop_step"] == 2  # i = 0, 1, 2 (i >= max - 1 stops)
     assert [entry["step"] for entry in log["losses"]] == [0, 1, 2]
@@ -119,8 +122,8 @@ def test_adapter_weight_map_and_refinement_only_application(pipe, regions) -> No
     noise = initial_noise(2, (1, 4, 8, 8))
     with_adapter = prepare_layout(pipe, "two pets", "low quality", regions, adapter_features=features)
     plain = prepare_layout(pipe, "two pets", "low quality", regions)
-    result = Sampler(pipe.unet, _scheduler(pipe), with_adapter, config)(noise)
-    baseline = Sampler(pipe.unet, _scheduler(pipe), plain, config)(noise)
+    result = composer_sampler(pipe.unet, _scheduler(pipe), with_adapter, config)(noise)
+    baseline = composer_sampler(pipe.unet, _scheduler(pipe), plain, config)(noise)
     assert result.log["adapter_steps"] == [0]  # CFG steps while refining (stops after step 1's update)
     assert not torch.allclose(result.latents, baseline.latents)
 
@@ -129,15 +132,15 @@ def test_early_stop_rule_and_step_sizes(pipe, regions) -> None:
     """Stop for good when the loss rises from step 5 on (that step's update still applies); official lr_i."""
     layout = prepare_layout(pipe, "a cat and a dog", "low quality", regions)
     config = ComposerConfig(num_steps=12, loss_level=2, latent_reinit=False)
-    sampler = Sampler(pipe.unet, _scheduler(pipe), layout, config)
+    sampler = composer_sampler(pipe.unet, _scheduler(pipe), layout, config)
     scripted = iter([5.0, 4.0, 3.0, 3.5, 2.0, 1.9, 2.5, 1.0])
     step_sizes: list[float] = []
 
-    def fake_refine(latents, t, step_size, adapter):
+    def fake_refine(sampler, latents, t, step_size, adapter):
         step_sizes.append(step_size)
         return latents, next(scripted), {}
 
-    sampler.refine = fake_refine  # type: ignore[method-assign]
+    sampler.guidance.refine = fake_refine  # type: ignore[method-assign]
     sampler._denoise = lambda latents, t, adapter: latents  # type: ignore[method-assign]
     log = sampler(initial_noise(0, (1, 4, 8, 8))).log
     assert log["stop_step"] == 6 and log["refine_steps"] == 7  # the rise at step 3 (< 5) does not stop
@@ -151,7 +154,7 @@ def test_paper_reinit_variant_updates_before_the_window_search(pipe, regions) ->
     logs = {}
     for variant in (False, True):
         config = ComposerConfig(num_steps=2, loss_level=2, max_refine_steps=1, reinit_update=variant)
-        logs[variant] = Sampler(pipe.unet, _scheduler(pipe), layout, config)(noise)
+        logs[variant] = composer_sampler(pipe.unet, _scheduler(pipe), layout, config)(noise)
     assert "reinit_update_loss" in logs[True].log and "reinit_update_loss" not in logs[False].log
     assert not torch.allclose(logs[True].latents, logs[False].latents)
 
@@ -161,7 +164,7 @@ def test_boxes_empty_at_coarse_levels_are_guarded(pipe, regions) -> None:
     thin = [dataclasses.replace(regions[0], box=(0.05, 0.0, 0.1, 1.0)), regions[1]]
     layout = prepare_layout(pipe, "a cat and a dog", "low quality", thin)
     config = ComposerConfig(num_steps=2, loss_level=4, max_refine_steps=2)
-    result = Sampler(pipe.unet, _scheduler(pipe), layout, config)(initial_noise(6, (1, 4, 8, 8)))
+    result = composer_sampler(pipe.unet, _scheduler(pipe), layout, config)(initial_noise(6, (1, 4, 8, 8)))
     assert torch.isfinite(result.latents).all()
     assert all(torch.isfinite(torch.tensor(entry["total"])) for entry in result.log["losses"])
     assert result.log["reinit_windows"][0] is None  # empty at the 2x2 loss grid
@@ -170,8 +173,8 @@ def test_boxes_empty_at_coarse_levels_are_guarded(pipe, regions) -> None:
 @pytest.mark.parametrize(("kind", "channels"), [("pose", 3), ("sketch", 1)])
 def test_builtin_tiny_adapters_are_deterministic_and_fit_the_tiny_unet(pipe, kind, channels) -> None:
     rng = torch.get_rng_state()
-    first = load_adapter(f"builtin:tiny-t2i-{kind}", kind, torch.device("cpu"), torch.float32)
-    second = load_adapter(f"builtin:tiny-t2i-{kind}", kind, torch.device("cpu"), torch.float32)
+    first = load_adapter(f"builtin:random-t2i-{kind}", kind, torch.device("cpu"), torch.float32)
+    second = load_adapter(f"builtin:random-t2i-{kind}", kind, torch.device("cpu"), torch.float32)
     assert torch.equal(torch.get_rng_state(), rng)  # built under a forked RNG
     assert first.config.in_channels == channels
     a, b = first.state_dict(), second.state_dict()

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from study_sample import make_sample_runs, write_sample_scores
 
-from bench.study import StudyDB, create_study
-from bench.study.launch import APP_FILE, ENV_RUNS, ENV_STUDY
-from bench.study.sample import make_sample_runs, write_sample_scores
+from lcbench.dashboard.launch import APP_FILE, ENV_RUNS, ENV_STUDY
+from lcbench.study import StudyDB, create_study
 
 TIMEOUT = 60
 

@@ -1,4 +1,4 @@
-"""The shipped datasets (paper.yaml, tiny.yaml), the asset resolver and the generated tiny assets."""
+"""The shipped datasets (paper.yaml, random.yaml), the asset resolver and the generated tiny assets."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import bench.tiny_assets as tiny_assets
+import randomworld.assets as tiny_assets
 from bench.assets import AssetError, AssetResolver, format_missing, missing_assets
 from bench.seeds import scene_seeds
 from bench.spec import load_spec
-from bench.tiny_assets import MARKER_NAME, TINY_CONCEPTS, TINY_DATASET_VERSION, ensure_tiny_assets
+from randomworld.assets import MARKER_NAME, RANDOM_CONCEPTS, RANDOM_DATASET_VERSION, ensure_random_assets
 
 DATASETS = Path(__file__).resolve().parents[1] / "datasets"
 PAPER = DATASETS / "paper.yaml"
-TINY = DATASETS / "tiny.yaml"
+TINY = DATASETS / "random.yaml"
 Q = ", 4K, high quality, high resolution, best quality"
 NEG = (
     "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
@@ -232,7 +232,7 @@ def test_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("LCBENCH_ASSETS", str(tmp_path / "bare"))
     assert AssetResolver(spec).root == tmp_path / "bare"
     tiny = AssetResolver(load_spec(TINY))
-    assert tiny.root_ref == "builtin:tiny"
+    assert tiny.root_ref == "builtin:random"
     config.write_text("assets: [paper]\n", encoding="utf-8")
     monkeypatch.delenv("LCBENCH_ASSETS")
     with pytest.raises(AssetError, match=r"config.yaml: field 'assets'"):
@@ -250,22 +250,22 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_tiny_assets_are_deterministic_and_idempotent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a = ensure_tiny_assets(tmp_path / "a")
-    b = ensure_tiny_assets(tmp_path / "b")
+    a = ensure_random_assets(tmp_path / "a")
+    b = ensure_random_assets(tmp_path / "b")
     files_a = _files(a)
     assert files_a == _files(b)
-    assert MARKER_NAME in files_a and f'"version": "{TINY_DATASET_VERSION}"' in files_a[MARKER_NAME].decode()
-    assert sum(name.startswith("loras/") for name in files_a) == len(TINY_CONCEPTS)
+    assert MARKER_NAME in files_a and f'"version": "{RANDOM_DATASET_VERSION}"' in files_a[MARKER_NAME].decode()
+    assert sum(name.startswith("loras/") for name in files_a) == len(RANDOM_CONCEPTS)
     # Idempotent: a complete folder is returned as is, without generating anything.
     monkeypatch.setattr(tiny_assets, "_generate", lambda folder: pytest.fail("regenerated a complete folder"))
-    assert ensure_tiny_assets(a) == a and _files(a) == files_a
+    assert ensure_random_assets(a) == a and _files(a) == files_a
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no temporary folders left
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def fail_on_second(folder: Path, concept: tiny_assets.TinyConcept) -> None:
+    def fail_on_second(folder: Path, concept: tiny_assets.RandomConcept) -> None:
         calls.append(concept.id)
         if len(calls) == 2:
             raise KeyboardInterrupt("simulated kill")
@@ -275,10 +275,10 @@ def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(tiny_assets, "_write_references", fail_on_second)
     root = tmp_path / "tiny"
     with pytest.raises(KeyboardInterrupt):
-        ensure_tiny_assets(root)
+        ensure_random_assets(root)
     assert not root.exists() and list(tmp_path.iterdir()) == []
     monkeypatch.setattr(tiny_assets, "_write_references", real_write)
-    assert (ensure_tiny_assets(root) / MARKER_NAME).is_file()
+    assert (ensure_random_assets(root) / MARKER_NAME).is_file()
 
 
 def test_tiny_assets_refuse_foreign_folder_and_replace_old_versions(tmp_path: Path) -> None:
@@ -286,12 +286,12 @@ def test_tiny_assets_refuse_foreign_folder_and_replace_old_versions(tmp_path: Pa
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(FileExistsError, match="without a completion marker"):
-        ensure_tiny_assets(foreign)
+        ensure_random_assets(foreign)
     old = tmp_path / "old"
     old.mkdir()
     (old / MARKER_NAME).write_text('{"version": "0"}', encoding="utf-8")
     (old / "stale.bin").write_bytes(b"x")
-    ensure_tiny_assets(old)
+    ensure_random_assets(old)
     assert not (old / "stale.bin").exists() and (old / "loras").is_dir()
 
 
@@ -307,12 +307,12 @@ def _raw_edlora(path: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def test_tiny_loras_fit_the_tiny_pipeline_and_change_it_visibly(tmp_path: Path) -> None:
-    from bench.tiny_models import build_tiny_pipeline
+    from randomworld.models import build_random_pipeline
 
-    pipe = build_tiny_pipeline()
-    root = ensure_tiny_assets(tmp_path / "tiny")
+    pipe = build_random_pipeline()
+    root = ensure_random_assets(tmp_path / "tiny")
     spellings = set()
-    for concept in TINY_CONCEPTS:
+    for concept in RANDOM_CONCEPTS:
         params = _raw_edlora(root / concept.lora_file)
         assert set(params) == {"new_concept_embedding", "text_encoder", "unet"}
         assert list(params["new_concept_embedding"]) == list(concept.tokens)
@@ -335,7 +335,7 @@ def test_tiny_loras_fit_the_tiny_pipeline_and_change_it_visibly(tmp_path: Path) 
                 ratio = (delta.norm() / weight.norm()).item()
                 assert 0.05 < ratio < 2.0, (key, ratio)
     assert spellings == {"research", "main"}
-    suffixes = {Path(c.lora_file).suffix for c in TINY_CONCEPTS}
+    suffixes = {Path(c.lora_file).suffix for c in RANDOM_CONCEPTS}
     assert {".pth", ".safetensors"} <= suffixes
 
 
@@ -348,11 +348,11 @@ def test_tiny_yaml_resolves_every_asset() -> None:
     assert spec.benchmarks["default"].seeds == 2 and len(spec.benchmarks["default"].scenes) == 5
     assert set(spec.benchmarks["smoke"].scenes) == {"cat_dog", "girl_boy"}
     assert spec.benchmarks["smoke"].seeds == 1 and len(spec.benchmarks["smoke"].scenes) == 2
-    assert {c.id for c in TINY_CONCEPTS} == set(spec.concepts)
+    assert {c.id for c in RANDOM_CONCEPTS} == set(spec.concepts)
     resolver = AssetResolver(spec)
     assert missing_assets(spec, resolver) == []
-    assert resolver.root.name == f"tiny-{TINY_DATASET_VERSION}" and (resolver.root / MARKER_NAME).is_file()
-    assert resolver.base_model_ref("anime") == "builtin:tiny-sd"
+    assert resolver.root.name == f"random-{RANDOM_DATASET_VERSION}" and (resolver.root / MARKER_NAME).is_file()
+    assert resolver.base_model_ref("anime") == "builtin:random-sd"
     for cid in spec.concepts:
         assert resolver.lora_path(cid).is_file()
         images = resolver.reference_images(cid)

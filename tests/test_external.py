@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-from bench.cli import main
 from bench.store import RunStore
+from lcbench.cli import main
 
 FAKE = textwrap.dedent(
     """
@@ -44,7 +44,7 @@ def external_config(tmp_path, monkeypatch):
 
 def test_external_method_runs_through_the_protocol(tmp_path, external_config):
     out = tmp_path / "run"
-    assert main(["--quiet", "run", "--methods", "ext-fake", "--dataset", "tiny", "--out", str(out)]) == 0
+    assert main(["--quiet", "run", "--methods", "ext-fake", "--dataset", "random", "--out", str(out)]) == 0
     records = list(RunStore(out).records())
     assert records and all(r.ok for r in records)
     scene_boxes = {r.key.scene: r.data["record"]["external"]["boxes"] for r in records}
@@ -57,7 +57,7 @@ def test_external_method_runs_through_the_protocol(tmp_path, external_config):
 
 def test_external_method_breaking_the_protocol_is_a_failed_item(tmp_path, external_config):
     out = tmp_path / "run"
-    assert main(["--quiet", "run", "--methods", "ext-broken", "--dataset", "tiny", "--out", str(out)]) == 0
+    assert main(["--quiet", "run", "--methods", "ext-broken", "--dataset", "random", "--out", str(out)]) == 0
     records = list(RunStore(out).records())
     assert records and not any(r.ok for r in records)
     assert "did not write image.png" in records[0].data["error"]

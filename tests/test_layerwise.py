@@ -11,14 +11,14 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from bench.layers import attention_level, cross_attention_layers, layer_index_of
 from bench.lora import ConceptLora, LoraDelta
-from bench.textual import (
+from bench.prompts import (
     LayerwiseAttnProcessor,
     LayerwiseState,
     LayerwiseTextEncoder,
     install_layerwise,
     token_positions,
 )
-from bench.tiny_models import TINY_TEXT_DIM
+from randomworld.models import RANDOM_TEXT_DIM
 
 # SD1.5's 16 cross-attention layers in the order ED-LoRA / P+ number them (Mix-of-Show
 # revise_edlora_unet_attention_forward: down_blocks, then mid_block, then up_blocks), written out by hand.
@@ -66,7 +66,7 @@ def test_attention_level_matches_the_real_grid(pipe: StableDiffusionPipeline) ->
     ]
     try:
         with torch.no_grad():
-            pipe.unet(torch.randn(1, 4, 16, 8), 5, torch.randn(1, 77, TINY_TEXT_DIM))
+            pipe.unet(torch.randn(1, 4, 16, 8), 5, torch.randn(1, 77, RANDOM_TEXT_DIM))
     finally:
         for hook in hooks:
             hook.remove()
@@ -82,7 +82,7 @@ def test_attention_level_matches_the_real_grid(pipe: StableDiffusionPipeline) ->
 
 def test_each_layer_receives_its_own_row(pipe: StableDiffusionPipeline) -> None:
     batch, layers = 2, len(SD15_ORDER)
-    embeddings = torch.randn(batch, layers, 77, TINY_TEXT_DIM)
+    embeddings = torch.randn(batch, layers, 77, RANDOM_TEXT_DIM)
     received: dict[str, torch.Tensor] = {}
     hooks = [
         pipe.unet.get_submodule(f"{name}.to_k").register_forward_pre_hook(
@@ -105,7 +105,7 @@ def test_each_layer_receives_its_own_row(pipe: StableDiffusionPipeline) -> None:
 
 def test_without_embeddings_it_is_plain_sdpa_and_restores(pipe: StableDiffusionPipeline) -> None:
     originals = dict(pipe.unet.attn_processors)
-    sample, context = torch.randn(1, 4, 8, 8), torch.randn(1, 77, TINY_TEXT_DIM)
+    sample, context = torch.randn(1, 4, 8, 8), torch.randn(1, 77, RANDOM_TEXT_DIM)
     with torch.no_grad():
         expected = pipe.unet(sample, 5, context).sample
         handle = install_layerwise(pipe.unet, LayerwiseState())
@@ -147,14 +147,14 @@ def test_token_positions_use_the_tokenizer(pipe: StableDiffusionPipeline) -> Non
 def test_plain_prompt_matches_diffusers_encoding(pipe: StableDiffusionPipeline) -> None:
     encoder = LayerwiseTextEncoder.from_pipeline(pipe)
     out = encoder.encode("a photo of a cat near a lake")
-    assert out.shape == (16, 77, TINY_TEXT_DIM)
+    assert out.shape == (16, 77, RANDOM_TEXT_DIM)
     expected = _sd_encode(pipe, "a photo of a cat near a lake")
     for layer in (0, 9, 15):
         torch.testing.assert_close(out[layer], expected, atol=1e-6, rtol=1e-6)
 
 
 def test_single_row_embedding_matches_a_resized_text_encoder(pipe: StableDiffusionPipeline) -> None:
-    row = torch.randn(1, TINY_TEXT_DIM)
+    row = torch.randn(1, RANDOM_TEXT_DIM)
     concept = ConceptLora(token_embeddings={"<catA1>": row}, source="catA.pth")
     out = LayerwiseTextEncoder.from_pipeline(pipe).encode("a <catA1> cat near a lake", [concept])
 
@@ -169,12 +169,12 @@ def test_single_row_embedding_matches_a_resized_text_encoder(pipe: StableDiffusi
 
 
 def test_layerwise_embeddings_bind_row_l_into_copy_l(pipe: StableDiffusionPipeline) -> None:
-    rows1, rows2 = torch.randn(16, TINY_TEXT_DIM), torch.randn(16, TINY_TEXT_DIM)
+    rows1, rows2 = torch.randn(16, RANDOM_TEXT_DIM), torch.randn(16, RANDOM_TEXT_DIM)
     concept = ConceptLora(token_embeddings={"<catA1>": rows1, "<catA2>": rows2}, source="catA.pth")
     encoder = LayerwiseTextEncoder.from_pipeline(pipe)
     prompt = "photo of a <catA1> <catA2>, near a lake"
     out = encoder.encode(prompt, [concept])
-    assert out.shape == (16, 77, TINY_TEXT_DIM)
+    assert out.shape == (16, 77, RANDOM_TEXT_DIM)
     for layer in (0, 6, 15):
         single = ConceptLora(
             token_embeddings={"<catA1>": rows1[layer : layer + 1], "<catA2>": rows2[layer : layer + 1]}
@@ -189,7 +189,7 @@ def test_text_lora_is_merged_for_the_call_only(pipe: StableDiffusionPipeline) ->
     g = torch.Generator().manual_seed(7)
     key = "encoder.layers.1.self_attn.v_proj"
     delta = LoraDelta(
-        torch.randn(2, TINY_TEXT_DIM, generator=g), torch.randn(TINY_TEXT_DIM, 2, generator=g), 0.5
+        torch.randn(2, RANDOM_TEXT_DIM, generator=g), torch.randn(RANDOM_TEXT_DIM, 2, generator=g), 0.5
     )
     unet_delta = LoraDelta(torch.randn(2, 32), torch.randn(32, 2))
     text_lora = ConceptLora(
@@ -211,7 +211,7 @@ def test_text_lora_is_merged_for_the_call_only(pipe: StableDiffusionPipeline) ->
 def test_pipeline_is_left_unchanged(pipe: StableDiffusionPipeline) -> None:
     size, vocab_rows = len(pipe.tokenizer), pipe.text_encoder.get_input_embeddings().num_embeddings
     weights = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
-    concept = ConceptLora(token_embeddings={"<dogB1>": torch.randn(16, TINY_TEXT_DIM)}, source="dogB.pth")
+    concept = ConceptLora(token_embeddings={"<dogB1>": torch.randn(16, RANDOM_TEXT_DIM)}, source="dogB.pth")
     encoder = LayerwiseTextEncoder.from_pipeline(pipe)
     encoder.encode("a <dogB1> dog", [concept])
     assert len(pipe.tokenizer) == size and "<dogB1>" not in pipe.tokenizer.get_added_vocab()

@@ -25,7 +25,7 @@ from bench.lora import (
     merge_lora_weights,
 )
 from bench.lora.formats import kohya_to_module
-from bench.tiny_models import TINY_TEXT_DIM, build_tiny_pipeline
+from randomworld.models import RANDOM_TEXT_DIM, build_random_pipeline
 
 hf_logging.set_verbosity_error()  # transformers' misleading "LOAD REPORT" when peft loads text-encoder LoRAs
 
@@ -35,7 +35,7 @@ UP_BLOCK = "up_blocks.3.attentions.2.transformer_blocks.0"
 
 @pytest.fixture(scope="module")
 def base() -> StableDiffusionPipeline:
-    return build_tiny_pipeline(0)
+    return build_random_pipeline(0)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def _outputs(pipe: StableDiffusionPipeline) -> tuple[torch.Tensor, torch.Tensor]
     """UNet and text-encoder outputs on fixed inputs."""
     g = torch.Generator().manual_seed(0)
     sample = torch.randn(1, 4, 8, 8, generator=g)
-    context = torch.randn(1, 77, TINY_TEXT_DIM, generator=g)
+    context = torch.randn(1, 77, RANDOM_TEXT_DIM, generator=g)
     ids = pipe.tokenizer(
         "a photo of a cat", padding="max_length", max_length=77, return_tensors="pt"
     ).input_ids
@@ -139,7 +139,7 @@ def test_diffusers_file_without_metadata_uses_alpha_equal_rank(
     torch.manual_seed(2)
     key = f"unet.{BLOCK}.attn2.to_v"
     tensors = {
-        f"{key}.lora_A.weight": torch.randn(3, TINY_TEXT_DIM),
+        f"{key}.lora_A.weight": torch.randn(3, RANDOM_TEXT_DIM),
         f"{key}.lora_B.weight": torch.randn(32, 3),
     }
     save_file(tensors, tmp_path / "plain.safetensors")
@@ -149,7 +149,7 @@ def test_diffusers_file_without_metadata_uses_alpha_equal_rank(
     reference.load_lora_weights(str(tmp_path / "plain.safetensors"))
     unet = copy.deepcopy(base.unet)
     merge_lora_weights(unet, None, [lora], [1.0])
-    x = torch.randn(1, 5, TINY_TEXT_DIM)
+    x = torch.randn(1, 5, RANDOM_TEXT_DIM)
     linear = f"{BLOCK}.attn2.to_v"
     torch.testing.assert_close(unet.get_submodule(linear)(x), reference.unet.get_submodule(linear)(x))
 
@@ -190,13 +190,13 @@ def test_kohya_file_matches_load_lora_weights(
     for blk, width in ((BLOCK, 32), (UP_BLOCK, 32), ("mid_block.attentions.0.transformer_blocks.0", 64)):
         body = "lora_unet_" + blk.replace(".", "_")
         for proj in ("to_q", "to_k", "to_v", "to_out_0"):
-            in_f = TINY_TEXT_DIM if proj in ("to_k", "to_v") else width
+            in_f = RANDOM_TEXT_DIM if proj in ("to_k", "to_v") else width
             add(f"{body}_attn2_{proj}", in_f, width)
         add(f"{body}_attn1_to_q", width, width)
     add("lora_unet_down_blocks_1_attentions_0_proj_in", 32, 32, conv=True)
     for layer in range(2):
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            add(f"lora_te_text_model_encoder_layers_{layer}_self_attn_{proj}", TINY_TEXT_DIM, TINY_TEXT_DIM)
+            add(f"lora_te_text_model_encoder_layers_{layer}_self_attn_{proj}", RANDOM_TEXT_DIM, RANDOM_TEXT_DIM)
     path = tmp_path / "kohya.safetensors"
     save_file(tensors, path)
 
@@ -225,18 +225,18 @@ def _edlora_params(spelling: str, seed: int = 4) -> dict[str, dict[str, torch.Te
     for blk in (BLOCK, UP_BLOCK):
         for attn in ("attn1", "attn2"):
             for proj in ("to_q", "to_k", "to_v", "to_out.0"):
-                in_f = TINY_TEXT_DIM if attn == "attn2" and proj in ("to_k", "to_v") else 32
+                in_f = RANDOM_TEXT_DIM if attn == "attn2" and proj in ("to_k", "to_v") else 32
                 unet[f"{blk}.{attn}.{proj}{down_suffix}"] = torch.randn(4, in_f, generator=g) * 0.3
                 unet[f"{blk}.{attn}.{proj}{up_suffix}"] = torch.randn(32, 4, generator=g) * 0.3
     te: dict[str, torch.Tensor] = {}
     for layer in range(2):
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
             key = f"text_model.encoder.layers.{layer}.self_attn.{proj}"
-            te[f"{key}{down_suffix}"] = torch.randn(4, TINY_TEXT_DIM, generator=g) * 0.3
-            te[f"{key}{up_suffix}"] = torch.randn(TINY_TEXT_DIM, 4, generator=g) * 0.3
+            te[f"{key}{down_suffix}"] = torch.randn(4, RANDOM_TEXT_DIM, generator=g) * 0.3
+            te[f"{key}{up_suffix}"] = torch.randn(RANDOM_TEXT_DIM, 4, generator=g) * 0.3
     embeddings = {
-        "<catA1>": torch.randn(16, TINY_TEXT_DIM, generator=g),
-        "<catA2>": torch.randn(16, TINY_TEXT_DIM),
+        "<catA1>": torch.randn(16, RANDOM_TEXT_DIM, generator=g),
+        "<catA2>": torch.randn(16, RANDOM_TEXT_DIM),
     }
     return {"new_concept_embedding": embeddings, "text_encoder": te, "unet": unet}
 
@@ -297,7 +297,7 @@ def test_edlora_merges_like_hand_merge(
 def test_merge_weight_scales_the_delta(base: StableDiffusionPipeline) -> None:
     g = torch.Generator().manual_seed(5)
     key = f"{BLOCK}.attn2.to_k"
-    delta = LoraDelta(torch.randn(2, TINY_TEXT_DIM, generator=g), torch.randn(32, 2, generator=g), scale=0.25)
+    delta = LoraDelta(torch.randn(2, RANDOM_TEXT_DIM, generator=g), torch.randn(32, 2, generator=g), scale=0.25)
     unet = copy.deepcopy(base.unet)
     before = unet.get_submodule(key).weight.detach().clone()
     merge_lora_weights(unet, None, [ConceptLora(unet={key: delta}, source="x")], [0.6])
@@ -344,7 +344,7 @@ def test_unknown_module_names_file_and_key(base: StableDiffusionPipeline, tmp_pa
 
 
 def test_token_embedding_rows_and_dim_are_checked(base: StableDiffusionPipeline) -> None:
-    wrong_rows = ConceptLora(token_embeddings={"<x>": torch.zeros(5, TINY_TEXT_DIM)}, source="x.pth")
+    wrong_rows = ConceptLora(token_embeddings={"<x>": torch.zeros(5, RANDOM_TEXT_DIM)}, source="x.pth")
     with pytest.raises(LoraError, match=r"x\.pth.*'<x>'.*1 or 16 rows.*\[5, 32\]"):
         check_lora_fits(wrong_rows, base.unet, base.text_encoder)
     wrong_dim = ConceptLora(token_embeddings={"<x>": torch.zeros(16, 768)}, source="x.pth")
@@ -391,10 +391,10 @@ def test_low_rank_delta_equals_merged_linear_difference(base: StableDiffusionPip
     g = torch.Generator().manual_seed(6)
     key = f"{BLOCK}.attn2.to_v"
     delta = LoraDelta(
-        torch.randn(4, TINY_TEXT_DIM, generator=g).bfloat16(), torch.randn(32, 4, generator=g), 0.5
+        torch.randn(4, RANDOM_TEXT_DIM, generator=g).bfloat16(), torch.randn(32, 4, generator=g), 0.5
     )
     linear = copy.deepcopy(base.unet.get_submodule(key))
-    x = torch.randn(2, 77, TINY_TEXT_DIM, generator=g)
+    x = torch.randn(2, 77, RANDOM_TEXT_DIM, generator=g)
     with torch.no_grad():
         plain = linear(x)
         merge_lora_weights(None, None, [], [])

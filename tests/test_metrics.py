@@ -12,12 +12,12 @@ from PIL import Image
 from test_metrics_fixtures import FolderReferences, make_run, noise_image
 
 from bench.spec import Concept, load_spec
-from metrics import ScoreError, score_run
 from metrics.context import ScoreContext
 from metrics.crops import GREY, crop_box, reference_view
 from metrics.formulas import image_alignment, text_alignment
 from metrics.models import ClipEmbedder
 from metrics.plugin import builtin_metrics
+from metrics.scoring import ScoreError, score_run
 from metrics.text import caption, substitute_classes
 
 SPECS = {m.name: m for m in builtin_metrics()}
@@ -216,7 +216,7 @@ def test_score_run_writes_conventions_and_resumes(tmp_path: Path, monkeypatch: p
     items = sorted((out / "clip_i" / "items").glob("*/*/*.json"))
     assert len(items) == 8  # 2 methods x 2 scenes x 2 seeds; the failed item is skipped
     conventions = json.loads((out / "clip_i" / "conventions.json").read_text())
-    assert conventions["model"] == "builtin:tiny-clip" and conventions["weights"] == "random-init seed 0"
+    assert conventions["model"] == "builtin:random-clip" and conventions["weights"] == "random-init seed 0"
     assert conventions["pairing"].startswith("all_pairs") and conventions["crop_mode"] == "pad_square"
     first = calls["images"]
     # targets: real1 has 3 (two boxes + background), anime1 has 1: 4 per (method, seed), x4, x2 metrics,
@@ -268,4 +268,4 @@ def test_dino_metric_scores_with_tiny_model(tmp_path: Path) -> None:
     out = score_run(run, ["dino"], references=FolderReferences(tmp_path), quiet=True)
     rows = json.loads((out / "dino/items/m1/anime1/000.json").read_text())["rows"]
     assert len(rows) == 1 and -1.0 <= rows[0]["value"] <= 1.0
-    assert json.loads((out / "dino/conventions.json").read_text())["model"] == "dinov2:builtin:tiny-dino"
+    assert json.loads((out / "dino/conventions.json").read_text())["model"] == "dinov2:builtin:random-dino"

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.resolved import resolved_document
 from bench.spec import load_spec
 from bench.store import ItemKey, RunStore
 
@@ -75,6 +76,7 @@ def make_run(root: Path, methods: tuple[str, ...] = ("m1", "m2"), seeds: int = 2
     spec = load_spec(spec_path)
     run = root / "run"
     store = RunStore(run)
+    store.write_spec(resolved_document(spec, root))
     store.write_manifest(
         {
             "dataset": {

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from bench.models import ModelError, load_base_model
-from bench.tiny_models import build_tiny_pipeline
+from bench.models import ModelError
+from bench.pipelines import load_base_model
+from randomworld.models import build_random_pipeline
 
 
 def _unet_out(pipe) -> torch.Tensor:
@@ -17,14 +18,14 @@ def _unet_out(pipe) -> torch.Tensor:
 
 
 def test_builtin_is_deterministic_and_has_16_cross_attention_layers():
-    a, b = load_base_model("builtin:tiny-sd"), load_base_model("builtin:tiny-sd")
+    a, b = load_base_model("builtin:random-sd"), load_base_model("builtin:random-sd")
     assert torch.equal(_unet_out(a), _unet_out(b))
     cross = [n for n in a.unet.attn_processors if "attn2" in n]
     assert len(cross) == 16
 
 
 def test_diffusers_folder_round_trip(tmp_path):
-    pipe = build_tiny_pipeline()
+    pipe = build_random_pipeline()
     pipe.save_pretrained(tmp_path / "model")
     loaded = load_base_model(str(tmp_path / "model"))
     assert torch.allclose(_unet_out(pipe), _unet_out(loaded), atol=1e-6)

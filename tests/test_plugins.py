@@ -22,7 +22,7 @@ def test_builtins_register_through_hooks():
     assert set(BUILTIN_PLUGINS) <= names
     methods = registered_methods(pm)
     assert "lora-merge" in methods and "lora-composer" in methods
-    assert {"tiny", "paper"} <= set(registered_datasets(pm))
+    assert {"random", "paper"} <= set(registered_datasets(pm))
 
 
 def test_local_plugin_file_adds_a_method(fake_plugin):
@@ -36,7 +36,7 @@ def test_env_variable_limits_which_plugins_load(monkeypatch, fake_plugin):
     methods = registered_methods(pm)
     assert "fake-solid" in methods
     assert "lora-merge" not in methods and "lora-composer" not in methods
-    assert "tiny" in registered_datasets(pm)
+    assert set(registered_datasets(pm)) == {"paper"}  # the core's own; random and toy are plugins
 
 
 def test_missing_plugin_file_is_a_clear_error(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
+from lcbench.cli import main
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reports" / "reference" / "toy.json"
 

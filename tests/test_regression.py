@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.cli import main
 from bench.plugins import get_plugin_manager, registered_methods
 from bench.seeds import scene_seeds
 from bench.spec import load_spec
+from lcbench.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"lora-merge": {"steps": 2}, "lora-composer-none": {"num_steps": 2}}
@@ -29,7 +29,7 @@ def reference(tmp_path_factory, one_thread) -> tuple[Path, Path]:
     """(reference file, kept work folder) of a freshly measured reference."""
     root = tmp_path_factory.mktemp("reference")
     out, work = root / "tiny-smoke.json", root / "work"
-    argv = ["--quiet", "reference", "create", "--dataset", "tiny", "--methods", ",".join(METHODS),
+    argv = ["--quiet", "reference", "create", "--dataset", "random", "--methods", ",".join(METHODS),
             "--scenes", "cat_dog", "--seeds", "1", "--replicates", str(REPLICATES), "--metrics", "clip_i",
             "--out", str(out), "--work", str(work)]
     for method, params in METHODS.items():
@@ -54,7 +54,7 @@ def _store_key(method: str) -> str:
 
 def test_create_writes_bands_that_match_a_hand_computation(reference):
     data = json.loads(reference[0].read_text())
-    spec = load_spec(REPO / "datasets" / "tiny.yaml")
+    spec = load_spec(REPO / "datasets" / "random.yaml")
     assert data["format"] == "lcbench-reference/1" and data["name"] == "tiny-smoke"
     assert data["spec_hash"] == spec.spec_hash() and data["scenes"] == ["cat_dog"]
     assert data["methods"] == METHODS and data["metrics"] == ["clip_i"] and data["replicates"] == REPLICATES

@@ -11,9 +11,10 @@ from PIL import ImageColor
 from test_metrics_fixtures import FolderReferences, make_run
 
 from bench.store import RunStore, atomic_write_json
-from metrics import score_run
+from metrics.scoring import score_run
 from reports import image_grid, load_scores, per_scene, table1, table2, write_report
-from reports.grids import BOX_COLOURS, LABEL_H
+from reports.boxes import BOX_COLOURS
+from reports.grids import LABEL_H
 
 # method -> scene -> seed index -> region values, for I and T; style per scene
 STYLE = {"a1": "anime", "r1": "real", "r2": "real"}

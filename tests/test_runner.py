@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bench.cli import main
 from bench.store import RunStore
+from lcbench.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def items(run: Path) -> list[Path]:
 
 def test_run_writes_one_png_and_record_per_item(tmp_path, fake_plugin):
     out = tmp_path / "run"
-    assert bench("--plugins", str(fake_plugin), "run", "--methods", "fake-solid", "--dataset", "tiny",
+    assert bench("--plugins", str(fake_plugin), "run", "--methods", "fake-solid", "--dataset", "random",
                  "--seeds", "2", "--out", str(out)) == 0
     store = RunStore(out)
     manifest = store.read_manifest()
@@ -49,7 +49,7 @@ def test_run_writes_one_png_and_record_per_item(tmp_path, fake_plugin):
 
 def test_rerun_skips_finished_items(tmp_path, fake_plugin, capsys):
     out = tmp_path / "run"
-    args = ["--plugins", str(fake_plugin), "run", "--methods", "fake-solid", "--dataset", "tiny", "--out", str(out)]
+    args = ["--plugins", str(fake_plugin), "run", "--methods", "fake-solid", "--dataset", "random", "--out", str(out)]
     assert bench(*args) == 0
     first = {p: p.stat().st_mtime_ns for p in items(out)}
     capsys.readouterr()
@@ -63,8 +63,8 @@ def test_failed_item_is_recorded_and_run_goes_on(tmp_path, fake_plugin, kind):
     out = tmp_path / "run"
     from bench.spec import load_spec
 
-    scenes = list(load_spec(REPO / "datasets" / "tiny.yaml").scenes)
-    assert bench("--plugins", str(fake_plugin), "run", "--methods", "fake-solid", "--dataset", "tiny",
+    scenes = list(load_spec(REPO / "datasets" / "random.yaml").scenes)
+    assert bench("--plugins", str(fake_plugin), "run", "--methods", "fake-solid", "--dataset", "random",
                  "--seeds", "1", "--out", str(out), "--param", f"fake-solid.fail_on={kind}",
                  "--param", f"fake-solid.fail_scene={scenes[0]}") == 0
     records = list(RunStore(out).records())
@@ -77,7 +77,7 @@ def test_failed_item_is_recorded_and_run_goes_on(tmp_path, fake_plugin, kind):
 
 def test_params_are_part_of_the_method_identity(tmp_path, fake_plugin):
     out = tmp_path / "run"
-    base = ["--plugins", str(fake_plugin), "run", "--methods", "fake-solid", "--dataset", "tiny", "--out", str(out)]
+    base = ["--plugins", str(fake_plugin), "run", "--methods", "fake-solid", "--dataset", "random", "--out", str(out)]
     assert bench(*base) == 0
     assert bench(*base, "--param", "fake-solid.level=2") == 0
     methods = RunStore(out).read_manifest()["methods"]
@@ -119,14 +119,14 @@ def test_run_folder_from_another_spec_is_refused(tmp_path, fake_plugin, capsys):
 
 def _bench_process(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "bench", "--quiet", *args],
+        [sys.executable, "-m", "lcbench", "--quiet", *args],
         cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
 
 
 def test_sigkill_halfway_then_resume_gives_exactly_one_image_per_item(tmp_path):
     out = tmp_path / "run"
-    args = ["run", "--methods", "lora-merge", "--dataset", "tiny", "--out", str(out),
+    args = ["run", "--methods", "lora-merge", "--dataset", "random", "--out", str(out),
             "--param", "lora-merge.steps=4"]
     proc = _bench_process(args)
     manifest = out / "manifest.json"
@@ -144,7 +144,7 @@ def test_sigkill_halfway_then_resume_gives_exactly_one_image_per_item(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert total and 0 < len(items(out)) < total
-    done = subprocess.run([sys.executable, "-m", "bench", "--quiet", *args], cwd=REPO, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "lcbench", "--quiet", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     records = list(RunStore(out).records())
@@ -158,13 +158,13 @@ def test_sigkill_halfway_then_resume_gives_exactly_one_image_per_item(tmp_path):
 
 
 def test_accelerate_launch_shards_across_two_processes(tmp_path, fake_plugin):
-    """`accelerate launch -m bench run`: RANK/WORLD_SIZE split the plan, both ranks write one run folder."""
+    """`accelerate launch -m lcbench run`: RANK/WORLD_SIZE split the plan, both ranks write one run folder."""
     out = tmp_path / "run"
     accelerate = Path(sys.executable).with_name("accelerate")
     done = subprocess.run(
         [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bench", "--quiet",
-         "--plugins", str(fake_plugin), "run", "--methods", "fake-solid", "--dataset", "tiny", "--seeds", "3",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lcbench", "--quiet",
+         "--plugins", str(fake_plugin), "run", "--methods", "fake-solid", "--dataset", "random", "--seeds", "3",
          "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "FAKE_DELAY": "0.05"},
     )

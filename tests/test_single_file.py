@@ -18,9 +18,10 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from bench.configs import sd15_config_dir, shipped_configs
-from bench.models import ModelError, load_base_model
-from bench.tiny_models import build_tiny_pipeline
+from bench.models import ModelError
+from bench.pipelines import load_base_model
 from bench.tokenizer import build_clip_tokenizer
+from randomworld.models import build_random_pipeline
 
 UNPICKLED: list[str] = []
 
@@ -28,7 +29,7 @@ UNPICKLED: list[str] = []
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The tiny pipeline, its LDM state dict, and a weight-free diffusers config folder for it."""
-    pipe = build_tiny_pipeline()
+    pipe = build_random_pipeline()
     root = tmp_path_factory.mktemp("single_file")
     pipe.save_pretrained(root / "config")
     for weights in (root / "config").rglob("*.safetensors"):

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from study_sample import make_sample_runs
 
-from bench.study import StudyDB, StudyDesignError, StudyError, answers_frame, create_study, export_csv, table3
-from bench.study.analysis import agreement, mean_ci
-from bench.study.db import AccessDenied
-from bench.study.design import participant_order
-from bench.study.launch import ENV_RUNS, app_config, dashboard_command
-from bench.study.runs import AccessError, RunCatalog
-from bench.study.sample import make_sample_runs
+from lcbench.dashboard.launch import ENV_RUNS, app_config, dashboard_command
+from lcbench.study import StudyDB, StudyDesignError, StudyError, answers_frame, create_study, export_csv, table3
+from lcbench.study.analysis import agreement, mean_ci
+from lcbench.study.db import AccessDenied
+from lcbench.study.design import participant_order
+from lcbench.study.runs import AccessError, RunCatalog
 
 
 @pytest.fixture(scope="module")

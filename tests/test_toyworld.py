@@ -10,11 +10,11 @@ from peft import LoraConfig, inject_adapter_in_model
 from bench.lora.apply import lora_merged
 from bench.lora.formats import load_lora
 from bench.tokenizer import build_clip_tokenizer
+from toytrain.base import box_masks, grounding_loss, grounding_targets, word_token_positions
+from toytrain.lora import TEXT_TARGETS, UNET_TARGETS, write_edlora
 from toyworld.classifier import square_box
 from toyworld.concepts import CONCEPTS
 from toyworld.models import build_text_encoder, build_unet
-from toyworld.training.base import box_masks, grounding_loss, grounding_targets, word_token_positions
-from toyworld.training.lora import TEXT_TARGETS, UNET_TARGETS, write_edlora
 from toyworld.world import COLOURS, PLAIN_BACKGROUNDS, ToyObject, render, sample_image
 
 

@@ -17,13 +17,13 @@ from toyworld.models import MissingWeights, load_toy_pipeline
 
 def _train(stage: str, out, *extra: str) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-m", "toyworld.train", stage, "--out", str(out), "--scale", "0.002",
+    subprocess.run([sys.executable, "-m", "toytrain", stage, "--out", str(out), "--scale", "0.002",
                     "--threads", "1", *extra], check=True, env=env, capture_output=True, timeout=300)
 
 
 @pytest.mark.slow
 def test_all_stages_train_and_load(tmp_path):
-    with pytest.raises(MissingWeights, match="python -m toyworld.train base"):
+    with pytest.raises(MissingWeights, match="python -m toytrain base"):
         load_toy_pipeline(tmp_path)
     for stage in ("vae", "base", "classifier", "clip"):
         _train(stage, tmp_path)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from toytrain.classifier import _dataset, _round_tripped_set, accuracy
+from toytrain.gates import base_gate, lora_gate
+from toytrain.lora import LORA_DIR
 from toyworld.classifier import load_classifier
-from toyworld.gates import base_gate, lora_gate
 from toyworld.models import WEIGHTS_DIR, load_toy_pipeline, load_vae
-from toyworld.training.classifier import _dataset, _round_tripped_set, accuracy
-from toyworld.training.lora import LORA_DIR
 from toyworld.world import COLOURS, SHAPES, ToyObject, render
 
 

@@ -2,7 +2,7 @@
 
 A small CNN reads a square crop around the box (resized to 32x32) and predicts the object's shape
 (or ``none``), colour and texture. It is trained on rendered scenes, half of them passed through
-the toy VAE so that decoded samples are in its domain (``python -m toyworld.train classifier``).
+the toy VAE so that decoded samples are in its domain (``python -m toytrain classifier``).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class BoxClassifier(nn.Module):
 
 def load_classifier(folder: Path | None = None) -> BoxClassifier:
     """The trained classifier from the committed weights (or ``folder``)."""
-    model = load_weights(BoxClassifier(), weights_path("classifier", folder), "python -m toyworld.train classifier")
+    model = load_weights(BoxClassifier(), weights_path("classifier", folder), "python -m toytrain classifier")
     return model.eval()
 
 
@@ -118,3 +118,30 @@ def foreground_box(image: Image.Image, threshold: int = 60) -> tuple[float, floa
         return None
     ys, xs = np.nonzero(mask)
     return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+class ToyBoxJudge:
+    """The classifier as a box judge (``metrics.api.BoxJudge``): reads shape, colour and texture per box."""
+
+    preprocess = "RGB crop resized bilinear to 32x32, scaled to [-1, 1]"
+    crop = "square around box, 32x32"
+
+    def __init__(self, model: BoxClassifier, ref: str, weights: str):
+        self.model, self.ref, self.weights = model, ref, weights
+
+    def read(self, image: Image.Image, boxes: Sequence[Sequence[float]]) -> list[BoxPrediction]:
+        """What is in each pixel box ``(x0, y0, x1, y1)`` of ``image``."""
+        return classify_boxes(self.model, image, boxes)
+
+
+def _file_hash(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def toy_box_judge(path: Path | None = None, ref: str = "builtin:toy-classifier") -> ToyBoxJudge:
+    """The trained classifier (committed weights, or a ``.safetensors`` file of ``BoxClassifier`` weights)."""
+    path = path or weights_path("classifier")
+    model = load_weights(BoxClassifier(), path, "python -m toytrain classifier").eval()
+    return ToyBoxJudge(model, ref, f"sha256:{_file_hash(path)}")

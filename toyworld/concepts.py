@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toyworld.world import BACKGROUNDS, PLAIN_BACKGROUNDS, ToyObject, background_phrase, jittered_colour
+from toyworld.world import BACKGROUNDS, PLAIN_BACKGROUNDS, UPRIGHT, ToyObject, background_phrase, jittered_colour
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,9 @@ class ToyConcept:
         return " ".join(self.tokens)
 
     def instance(self, rng: np.random.Generator, cx: float, cy: float, radius: float) -> ToyObject:
-        """The concept drawn at a place, with the world's usual rotation and colour jitter."""
-        return ToyObject(self.shape, self.colour, self.texture, cx, cy, radius, float(rng.uniform(-20, 20)),
+        """The concept drawn upright at a place, with the world's colour jitter."""
+        rotation = UPRIGHT.max_rotation
+        return ToyObject(self.shape, self.colour, self.texture, cx, cy, radius, float(rng.uniform(-rotation, rotation)),
                          jittered_colour(rng, self.colour))
 
 

@@ -7,6 +7,7 @@ Weights are committed as fp16 safetensors under ``toyworld/weights`` and loaded 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -15,10 +16,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from bench.tiny_models import small_clip_text_config
-from bench.tokenizer import build_clip_tokenizer
+from bench.tokenizer import build_clip_tokenizer, small_clip_text_config
+from toyworld import WEIGHTS_DIR
 
-WEIGHTS_DIR = Path(__file__).with_name("weights")
 TEXT_DIM = 64
 
 
@@ -43,18 +43,18 @@ def vae_config(scaling_factor: float = 0.5) -> dict:
 
 
 def unet_config() -> dict:
-    """A small UNet with cross-attention at 16x16, 8x8 and (mid block) 4x4."""
+    """A small UNet (5.8 M parameters) with cross-attention at 16x16, 8x8 and (mid block) 4x4."""
     return dict(
         sample_size=16,
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
-        block_out_channels=(32, 64, 64),
+        block_out_channels=(64, 128, 128),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TEXT_DIM,
-        attention_head_dim=4,
-        norm_num_groups=16,
+        attention_head_dim=8,
+        norm_num_groups=32,
     )
 
 
@@ -114,18 +114,30 @@ def load_vae(folder: Path | None = None) -> AutoencoderKL:
     path = weights_path("vae", folder)
     if not path.is_file():
         raise MissingWeights(f"toy-world weights '{path}' are missing; expected the output of "
-                             "`python -m toyworld.train vae`")
+                             "`python -m toytrain vae`")
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as handle:
         scaling = float((handle.metadata() or {}).get("scaling_factor", "0.5"))
-    return load_weights(build_vae(scaling), path, "python -m toyworld.train vae")
+    return load_weights(build_vae(scaling), path, "python -m toytrain vae")
+
+
+def stored_unet_config(path: Path) -> dict:
+    """The UNet config a weights file was trained with (its ``config`` metadata), else :func:`unet_config`."""
+    if not path.is_file():
+        return unet_config()
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        stored = (handle.metadata() or {}).get("config")
+    return json.loads(stored) if stored else unet_config()
 
 
 def load_toy_pipeline(folder: Path | None = None) -> StableDiffusionPipeline:
     """The trained toy world as a plain diffusers ``StableDiffusionPipeline`` (DDIM, fp32)."""
-    script = "python -m toyworld.train base"
-    unet = load_weights(build_unet(), weights_path("unet", folder), script)
+    script = "python -m toytrain base"
+    path = weights_path("unet", folder)
+    unet = load_weights(UNet2DConditionModel.from_config(stored_unet_config(path)), path, script)
     text_encoder = load_weights(build_text_encoder(), weights_path("text_encoder", folder), script)
     return StableDiffusionPipeline(
         vae=load_vae(folder).eval(),

@@ -174,14 +174,30 @@ def jittered_colour(rng: np.random.Generator, colour: str) -> tuple[int, int, in
     return tuple(int(v) for v in np.clip(base + rng.normal(0, 8, 3), 0, 255))  # type: ignore[return-value]
 
 
-def _place(rng: np.random.Generator, count: int) -> list[tuple[float, float, float]]:
+@dataclass(frozen=True)
+class Poses:
+    """How random scenes size and turn their objects (radii in pixels, rotation in degrees either way)."""
+
+    max_rotation: float = 20.0
+    min_radius: float = 8.0
+    max_radius_single: float = 19.0
+    max_radius_multi: float = 12.5
+
+
+# Every pose and size: what the VAE, the box classifier and the CLIP learn to read.
+VARIED = Poses()
+# Upright objects, none smaller than 9 px in radius: the world the generator learns and the concepts live in.
+UPRIGHT = Poses(max_rotation=0.0, min_radius=9.0, max_radius_multi=14.0)
+
+
+def _place(rng: np.random.Generator, count: int, poses: Poses) -> list[tuple[float, float, float]]:
     """Non-overlapping ``(cx, cy, radius)`` for ``count`` objects (rejection sampling)."""
-    max_radius = 19.0 if count == 1 else 12.5
+    max_radius = poses.max_radius_single if count == 1 else poses.max_radius_multi
     while True:
         placed: list[tuple[float, float, float]] = []
         for _ in range(count):
             for _attempt in range(50):
-                r = rng.uniform(8.0, max_radius)
+                r = rng.uniform(poses.min_radius, max_radius)
                 cx, cy = rng.uniform(r, SIZE - r), rng.uniform(r, SIZE - r)
                 if all(math.hypot(cx - x, cy - y) > r + q + 2 for x, y, q in placed):
                     placed.append((cx, cy, r))
@@ -190,12 +206,13 @@ def _place(rng: np.random.Generator, count: int) -> list[tuple[float, float, flo
             return placed
 
 
-def random_object(rng: np.random.Generator, cx: float, cy: float, r: float) -> ToyObject:
+def random_object(rng: np.random.Generator, cx: float, cy: float, r: float, max_rotation: float = 20.0
+                  ) -> ToyObject:
     """An object of random kind at a given place."""
     shape = SHAPES[rng.integers(len(SHAPES))]
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     texture = TEXTURES[rng.choice(len(TEXTURES), p=TEXTURE_WEIGHTS)]
-    angle = float(rng.uniform(-20, 20))
+    angle = float(rng.uniform(-max_rotation, max_rotation))
     return ToyObject(shape, colour, texture, cx, cy, r, angle, jittered_colour(rng, colour))
 
 
@@ -217,10 +234,10 @@ def caption_words(objects: list[ToyObject], order: list[int], background: str | 
     return words, owner
 
 
-def sample_image(rng: np.random.Generator) -> ToyImage:
+def sample_image(rng: np.random.Generator, poses: Poses = VARIED) -> ToyImage:
     """One random training image: 1-3 objects, a background, a caption in random object order."""
     count = int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
-    objects = [random_object(rng, cx, cy, r) for cx, cy, r in _place(rng, count)]
+    objects = [random_object(rng, cx, cy, r, poses.max_rotation) for cx, cy, r in _place(rng, count, poses)]
     background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
     named = rng.random() < (0.5 if background in PLAIN_BACKGROUNDS else 0.9)
     order = [int(i) for i in rng.permutation(count)]

@@ -4,8 +4,9 @@ For a cross-attention layer with ``N`` image positions, the bias of position ``p
 
     guidance_weight * W[p, j] * log(1 + sigma^2) * std(QK^T)
 
-where ``W`` is the layout weight map of that resolution (``weight_active`` inside the token's box,
-``weight_negative`` on other subjects' boxes, 0 elsewhere), ``sigma`` is the guidance schedule's
+where ``W`` is the layout weight map of that resolution (for a subject's tokens: ``weight_active``
+inside its box and ``weight_negative`` everywhere else, other subjects' boxes and the background alike,
+as upstream ``layout_guidance.py`` L215; 0 for every other token), ``sigma`` is the guidance schedule's
 noise level and ``std`` is taken over the whole score tensor of the layer (upstream
 ``attention_control.py``). The scores with bias are then scaled by ``1/sqrt(d)`` and softmaxed.
 """

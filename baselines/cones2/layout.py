@@ -8,13 +8,13 @@ two subjects of the same class ("dog" and "dog") both receive both maps. ``token
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
 import torch
 
 from bench.boxes import box_mask
+from bench.layers import grid_at_level
 from bench.spec import DatasetSpec, Scene
 
 TOKEN_MATCHING = ("position", "class_word")
@@ -100,28 +100,26 @@ def build_prompt(scene: Scene, spec: DatasetSpec, tokenizer: object) -> tuple[st
 
 def attention_grids(latent_h: int, latent_w: int, levels: int) -> list[tuple[int, int]]:
     """The (h, w) of each UNet resolution: the latent halved with ceil ``levels - 1`` times."""
-    grids = [(latent_h, latent_w)]
-    for _ in range(levels - 1):
-        h, w = grids[-1]
-        grids.append((math.ceil(h / 2), math.ceil(w / 2)))
-    return grids
+    return [grid_at_level((latent_h, latent_w), 2**k) for k in range(levels)]
 
 
 def subject_map(
     subjects: list[Subject], index: int, grid_h: int, grid_w: int, active: float, negative: float
 ) -> torch.Tensor:
-    """Subject ``index``'s weight map: ``active`` on its box, ``negative`` on other subjects' boxes, 0 elsewhere.
+    """Subject ``index``'s weight map: ``active`` on its box, ``negative`` everywhere else (background included).
 
-    Boxes are painted in region order, so a later box owns the cells where boxes overlap (like colours
-    painted into upstream's layout image).
+    Upstream ``layout_guidance.py`` L215 (``_image_context_seperator``): ``torch.where(in_colour,
+    weight_active, neg)``; the ``torch.where`` after it puts ``neg`` on every coloured pixel whose value
+    is still 0 (which only matters when ``active == 0``: the subject then gets ``neg`` on its own box
+    too). Boxes are painted
+    in region order, so a later box owns the cells where boxes overlap (like colours painted into
+    upstream's layout image).
     """
     label = torch.full((grid_h, grid_w), -1, dtype=torch.long)
     for i, subject in enumerate(subjects):
         label[box_mask(subject.box, grid_h, grid_w).bool()] = i
-    out = torch.zeros(grid_h, grid_w)
-    out[label == index] = active
-    out[(label >= 0) & (label != index)] = negative
-    return out
+    out = torch.where(label == index, torch.tensor(float(active)), torch.tensor(float(negative)))
+    return torch.where((label >= 0) & (out == 0.0), torch.tensor(float(negative)), out)
 
 
 def layout_weights(

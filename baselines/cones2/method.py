@@ -52,6 +52,11 @@ DEVIATIONS = (
     "(upstream: unseeded global RNG).",
     "Residuals must be trained on the same base model (upstream: SD2.1 768-v); missing_residual='quick' trains "
     "a few-step residual for tests only (recorded per concept).",
+    "Residual training (train_residual): batch_size 1 by default, as upstream's README command (its script "
+    "defaults to --train_batch_size 4); with batch_size > 1 the preservation terms keep upstream's "
+    "torch.squeeze slicing, which then indexes the batch instead of the tokens. Not copied: upstream compares "
+    "a smaller last batch of an epoch with the first batch's e0 by broadcasting (mismatched slices or a shape "
+    "error); here it is compared with e0's first rows.",
 )
 
 
@@ -173,7 +178,6 @@ class Cones2Method:
         image: Image.Image = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
         record = {
             "method": NAME,
-            "params": p,
             "prompt": prompt,
             "appended_concepts": appended,
             "subjects": [
@@ -188,7 +192,6 @@ class Cones2Method:
             "residuals": sources,
             "sampler": "first-order LMS (Euler) with self-recurrence",
             "prediction_type": pipe.scheduler.config.get("prediction_type", "epsilon"),
-            "deviations": list(DEVIATIONS),
         }
         return Generation(image=image, record=record)
 

@@ -5,6 +5,12 @@ concept's images with the raw class word as prompt; loss = diffusion MSE
 + ``loss_rate_first * ||e_BOS - e0_BOS||`` + ``loss_rate_second * ||e[1+n:] - e0[1+n:]||`` with e0
 the encoder output at the first step. The residual is the mean over 27 templates of (tuned - original)
 text-encoder output at the class word's ``n`` token positions: a ``[n, hidden]`` tensor.
+
+Batches: upstream's script defaults to ``--train_batch_size 4`` (its README command uses 1). It slices
+the preservation terms after ``torch.squeeze`` of the ``[B, 77, hidden]`` encoder output, so with
+``B > 1`` the slices ``[:1]`` and ``[1+n:]`` index the *batch*, not the tokens: the first term is the
+whole first sample (class word included) and the second the samples ``1+n ..``. :func:`preservation_loss`
+reproduces that; see ``batch_size`` of :func:`train_residual`.
 """
 
 from __future__ import annotations
@@ -97,6 +103,31 @@ def extract_residual(
     return (total / len(PROMPT_TEMPLATES)).float().cpu()
 
 
+def preservation_loss(
+    target: torch.Tensor, hidden: torch.Tensor, token_num: int, rate_first: float, rate_second: float
+) -> torch.Tensor:
+    """Upstream's embedding-preservation loss for encoder outputs ``[B, 77, hidden]`` (``train_cones2.py``).
+
+    ``rate_first * ||sq(e0)[:1] - sq(e)[:1]|| + rate_second * ||sq(e0)[1+n:] - sq(e)[1+n:]||`` with
+    ``sq = torch.squeeze``, exactly as upstream writes it: for ``B = 1`` the slices are tokens (BOS, and
+    everything after the class word); for ``B > 1`` they are batch samples. ``target`` must have
+    ``hidden``'s shape.
+    """
+    t, h = torch.squeeze(target), torch.squeeze(hidden)
+    first = torch.norm(t[:1] - h[:1], 2)
+    second = torch.norm(t[1 + token_num :] - h[1 + token_num :], 2)
+    return rate_first * first + rate_second * second
+
+
+def epoch_batches(count: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """One epoch of ``DataLoader(shuffle=True, batch_size=batch_size)``: a permutation cut into batches.
+
+    As upstream (``drop_last`` off), the last batch is smaller when ``batch_size`` does not divide ``count``.
+    """
+    order = torch.randperm(count, generator=generator).tolist()
+    return [order[i : i + batch_size] for i in range(0, count, batch_size)]
+
+
 @torch.enable_grad()
 def train_residual(
     pipe: StableDiffusionPipeline,
@@ -111,12 +142,19 @@ def train_residual(
     loss_rate_second: float = 1e-3,
     max_grad_norm: float = 1.0,
     seed: int = 0,
+    batch_size: int = 1,
 ) -> torch.Tensor:
     """Fine-tune a copy of the pipeline's text encoder on the concept's images and return its residual.
 
     README settings by default (lr 5e-6 constant, batch 1, preservation rates 1e-2 / 1e-3); upstream
     uses 4000 steps. ``resolution`` defaults to the UNet's native size. The pipeline is not modified.
     ``out``: where to ``torch.save`` the residual tensor (upstream's ``residual.pt`` format).
+
+    ``batch_size`` (upstream ``--train_batch_size``, script default 4): each step takes the next batch of
+    a shuffled epoch (the last batch of an epoch may be smaller), draws a timestep and noise per image,
+    and applies :func:`preservation_loss` with upstream's batch slicing. e0 is the first step's output;
+    a smaller batch is compared with its first rows (upstream broadcasts the first batch's e0 against
+    it, which mismatches the slices or raises).
     """
     if not images:
         raise ValueError(f"Cones2 training for concept '{concept.id}': expected at least one reference image")
@@ -130,26 +168,30 @@ def train_residual(
     optimizer = torch.optim.AdamW(
         text_encoder.parameters(), lr=learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8
     )
+    if batch_size < 1:
+        raise ValueError(f"Cones2 training for concept '{concept.id}': batch_size must be >= 1, got {batch_size}")
     n = class_word_length(tokenizer, concept.class_name)
     ids = _tokenize(tokenizer, concept.class_name, device)
     loaded = [im if isinstance(im, Image.Image) else Image.open(im) for im in images]
     target_embed = None
-    order = torch.randperm(len(loaded), generator=generator)
-    for step in range(steps):
-        if step and step % len(loaded) == 0:  # a new shuffled epoch, as upstream's DataLoader(shuffle=True)
-            order = torch.randperm(len(loaded), generator=generator)
-        pixels = _image_tensor(loaded[int(order[step % len(loaded)])], resolution, generator)
+    batches: list[list[int]] = []
+    for _ in range(steps):
+        if not batches:  # a new shuffled epoch, as upstream's DataLoader(shuffle=True)
+            batches = epoch_batches(len(loaded), batch_size, generator)
+        batch = batches.pop(0)
+        pixels = torch.cat([_image_tensor(loaded[i], resolution, generator) for i in batch])
         with torch.no_grad():
             dist = pipe.vae.encode(pixels.to(device, pipe.vae.dtype)).latent_dist
             latents = dist.sample(generator=generator).float() * pipe.vae.config.scaling_factor
         noise = torch.randn(latents.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), generator=generator).to(device)
+        timesteps = torch.randint(
+            0, noise_scheduler.config.num_train_timesteps, (len(batch),), generator=generator
+        ).to(device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        hidden = text_encoder(ids)[0]
+        hidden = text_encoder(ids.expand(len(batch), -1))[0]
         if target_embed is None:
             target_embed = hidden.detach()
-        loss_embed = loss_rate_first * torch.norm(target_embed[0, :1] - hidden[0, :1], 2)
-        loss_embed = loss_embed + loss_rate_second * torch.norm(target_embed[0, 1 + n :] - hidden[0, 1 + n :], 2)
+        loss_embed = preservation_loss(target_embed[: len(batch)], hidden, n, loss_rate_first, loss_rate_second)
         pred = pipe.unet(noisy.to(pipe.unet.dtype), timesteps, hidden.to(pipe.unet.dtype)).sample.float()
         if noise_scheduler.config.prediction_type == "v_prediction":
             target = noise_scheduler.get_velocity(latents, noise, timesteps)

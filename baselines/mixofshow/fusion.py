@@ -41,8 +41,8 @@ from tqdm import tqdm
 from bench.layers import cross_attention_layers
 from bench.lora.apply import lora_merged
 from bench.lora.canonical import ConceptLora, LoraDelta
+from bench.prompts import LayerwiseState, LayerwiseTextEncoder, install_layerwise
 from bench.seeds import initial_noise
-from bench.textual import LayerwiseState, LayerwiseTextEncoder, install_layerwise
 
 FUSION_VERSION = 1
 

@@ -17,10 +17,10 @@ from baselines.mixofshow.cache import cached_fusion
 from baselines.mixofshow.fusion import FusedModel, FusionConcept, FusionConfig, weights_applied
 from baselines.mixofshow.sampling import RegionPrompt, prepare_fused_layout, regional_sample
 from bench.methods import Generation, MethodSpec, check_finite
+from bench.pipelines import decode
 from bench.seeds import initial_noise
 from bench.spec import Scene
-from composer.adapter import SceneAdapters, adapter_refs, no_adapter_note
-from composer.method import decode
+from regions.adapters import SceneAdapters, adapter_refs, no_adapter_note
 
 if TYPE_CHECKING:
     from bench.context import RunContext
@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "spatial_size": "native",  # 'native': the base model's own resolution (512 for SD1.5, as upstream)
     "fusion_seed": 0,
     "image_conditions": False,
-    "sketch_adapter": "auto",  # 'auto', 'none', builtin:NAME or a diffusers T2IAdapter folder (composer.adapter)
+    "sketch_adapter": "auto",  # 'auto', 'none', builtin:NAME or a diffusers T2IAdapter folder (regions.adapters)
     "pose_adapter": "auto",
 }
 
@@ -48,8 +48,8 @@ DEVIATIONS: tuple[str, ...] = (
     "objective exactly (no subsampling), bounded memory; L-BFGS runs on it in float64",
     "fusion targets (W0 + alpha dW_i) X_i are computed analytically instead of recorded from hooked outputs",
     "the spatial-stage latent is drawn from a seeded CPU generator (fusion_seed); upstream uses global RNG",
-    "regional sampling reuses LoRA-Composer's region mechanism with the fused model as the source of the "
-    "region keys/values; region outputs are averaged after to_out.0 (identical: the shares sum to one)",
+    "regional sampling is the region mechanism shared with LoRA-Composer, with the fused model as the source of "
+    "the region keys/values; region outputs are averaged after to_out.0 (identical: the shares sum to one)",
     "T2I-Adapter through diffusers' T2IAdapter (diffusers-format folders) and "
     "down_intrablock_additional_residuals instead of the research fork's Adapter class",
     "initial noise drawn on the CPU with torch.Generator (bench convention)",
@@ -114,7 +114,6 @@ class MixOfShow:
                                       float(self.params["guidance_scale"]))
         check_finite(latents, "mix-of-show latents")
         record = {
-            "params": dict(self.params),
             "branch": "research",
             "fused_concepts": list(self.fused_concepts(scene, ctx)),
             "fusion_key": key,
@@ -124,7 +123,6 @@ class MixOfShow:
             "scheduler": type(pipe.scheduler).__name__,
             "adapters": refs,
             "adapter_note": no_adapter_note(scene) if self.params["image_conditions"] else None,
-            "deviations": list(DEVIATIONS),
         }
         return Generation(image=decode(pipe, latents), record=record)
 

@@ -1,19 +1,15 @@
-"""Mix-of-Show's regionally controllable sampling, as LoRA-Composer's region mechanism with a fused source.
+"""Mix-of-Show's regionally controllable sampling: the region mechanism with a fused model as the source.
 
-LoRA-Composer's region-aware injection (:mod:`composer.attention`) replaces the cross-attention
-output inside each box by attention to that region's keys/values, averaged where boxes overlap, and
-keeps the global output elsewhere. Mix-of-Show's sampler (research branch,
-``regionally_controllable_sample_util.py``) is the same rewrite; only the source of the region
-keys/values differs:
+The region mechanism (:mod:`regions`) replaces the cross-attention output inside each box by
+attention to that region's keys/values, averaged where boxes overlap, and keeps the global output
+elsewhere. Mix-of-Show's sampler (research branch, ``regionally_controllable_sample_util.py``) is that
+rewrite with the *fused* model's own ``to_k/to_v/to_out.0`` as the source of the region keys/values
+(:class:`regions.sources.LiveWeights`), applied to the region prompt encoded by the fused text
+encoder with every fused token; LoRA-Composer's source is base weights plus each concept's delta.
 
-- LoRA-Composer: base ``to_k/to_v/to_out.0`` plus each concept's low-rank delta;
-- Mix-of-Show: the *fused* model's own ``to_k/to_v/to_out.0`` (no per-concept delta), applied to the
-  region prompt encoded by the fused text encoder with every fused token.
-
-So the caches come from :func:`composer.caches.build_layer_caches` with a weight-free concept per
-region, and sampling is :class:`composer.pipeline.Sampler` with every LoRA-Composer addition off:
-no guidance losses (CE), no self-attention region mask (CI; Mix-of-Show leaves self-attention
-untouched), no latent re-initialization (LR), and adapter residuals on every step.
+Sampling is :class:`regions.sampler.RegionSampler` without a guidance: no losses, no latent
+re-initialization, no self-attention region mask (Mix-of-Show leaves self-attention untouched), and
+adapter residuals on every step.
 """
 
 from __future__ import annotations
@@ -27,11 +23,9 @@ from diffusers import StableDiffusionPipeline
 from bench.boxes import Box
 from bench.layers import cross_attention_layers
 from bench.lora.canonical import ConceptLora
-from bench.textual import LayerwiseTextEncoder
-from composer.caches import build_layer_caches
-from composer.pipeline import ComposerConfig, PreparedLayout, Sampler
-
-FUSED_SOURCE = ConceptLora(source="fused model", format="fused")  # no deltas: region K/V from the live weights
+from bench.prompts import LayerwiseTextEncoder
+from regions.sampler import PreparedLayout, RegionSampler, RegionSettings
+from regions.sources import LiveWeights, build_layer_caches
 
 
 @dataclass(frozen=True)
@@ -43,10 +37,9 @@ class RegionPrompt:
     negative_prompt: str = ""
 
 
-def mixofshow_config(num_steps: int = 50, guidance_scale: float = 7.5) -> ComposerConfig:
-    """The composer sampler configured as Mix-of-Show's: CE, CI and LR off, adapters on every step."""
-    return ComposerConfig(num_steps=num_steps, guidance_scale=guidance_scale, concept_enhancement=False,
-                          concept_isolation=False, latent_reinit=False, max_refine_steps=num_steps + 1)
+def mixofshow_settings(num_steps: int = 50, guidance_scale: float = 7.5) -> RegionSettings:
+    """The region mechanism as Mix-of-Show uses it: no self-attention mask, adapters on every step."""
+    return RegionSettings(num_steps=num_steps, guidance_scale=guidance_scale, region_mask=False, adapter_steps="all")
 
 
 @torch.no_grad()
@@ -74,7 +67,7 @@ def prepare_fused_layout(
                          encoder.encode(r.prompt, concepts=[tokens], num_layers=layers)])
             for r in regions
         ])
-    caches = build_layer_caches(pipe.unet, global_embeds, region_embeds, [FUSED_SOURCE] * len(regions))
+    caches = build_layer_caches(pipe.unet, global_embeds, region_embeds, LiveWeights(len(regions)))
     return PreparedLayout(boxes=[r.box for r in regions], caches=caches,
                           encoder_states=global_embeds[:, 0].to(pipe.unet.dtype),
                           adapter_features=adapter_features)
@@ -84,4 +77,4 @@ def regional_sample(pipe: StableDiffusionPipeline, layout: PreparedLayout, noise
                     num_steps: int, guidance_scale: float) -> torch.Tensor:
     """Sample latents from ``noise`` with the region rewrite on every cross-attention layer, every step."""
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    return Sampler(pipe.unet, scheduler, layout, mixofshow_config(num_steps, guidance_scale))(noise).latents
+    return RegionSampler(pipe.unet, scheduler, layout, mixofshow_settings(num_steps, guidance_scale))(noise).latents

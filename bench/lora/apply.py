@@ -37,7 +37,7 @@ def merge_lora_weights(
     """In place, ``W += weight * scale * up @ down`` for every delta of every LoRA (1x1 convs reshaped).
 
     All LoRAs are checked against the models first, so a bad file leaves the weights untouched.
-    Token embeddings are not touched (see :mod:`bench.textual`). Pass None for a model to skip it;
+    Token embeddings are not touched (see :mod:`bench.prompts`). Pass None for a model to skip it;
     a LoRA with deltas for a skipped model is an error.
     """
     if len(loras) != len(weights):

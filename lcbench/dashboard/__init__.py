@@ -1,0 +1,1 @@
+"""The Streamlit dashboard: results of runs and the user-study views (served by ``bench dashboard``)."""

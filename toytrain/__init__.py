@@ -1,0 +1,11 @@
+"""Developer tools of the toy world: its training stages, reference renders and quality gates.
+
+Above the product: the bench never imports this package. It adds the ``bench toy-train`` and
+``bench toy-gates`` commands through the ``bench_commands`` hook (installed entry point
+``lcbench = toytrain``), and ``python -m toytrain STAGE`` / ``python -m toytrain.gates`` run it directly.
+"""
+
+from pathlib import Path
+
+TOY_DATASET = Path(__file__).resolve().parents[1] / "datasets" / "toy"
+LORA_DIR = TOY_DATASET / "loras"

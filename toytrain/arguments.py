@@ -1,0 +1,29 @@
+"""The arguments of the toy world's commands (``bench toy-train``, ``bench toy-gates`` and ``python -m toytrain``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from toytrain import LORA_DIR
+from toyworld import WEIGHTS_DIR
+
+STAGES = ("vae", "base", "lora", "clip", "classifier")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training command's arguments."""
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="weights folder (default: the committed one)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--concepts", help="lora stage: comma-separated concept ids (default: all)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply step counts (0.01: smoke run)")
+
+
+def add_gates_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gates command's arguments."""
+    parser.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
+    parser.add_argument("--loras", type=Path, default=LORA_DIR)
+    parser.add_argument("--seeds", type=int, default=8, help="samples per base prompt; LoRA samples = 4x this")
+    parser.add_argument("--threads", type=int, default=2)

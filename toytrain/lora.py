@@ -1,0 +1,139 @@
+"""Train one ED-LoRA per toy concept, the Mix-of-Show way, on single-concept views without layout.
+
+Per concept: two new tokens with layer-wise embeddings (one row per cross-attention layer; the
+first initialized at random with std 0.013, the second from the class word, as Mix-of-Show's
+``<rand-0.013>+class`` initializer), plus rank-4 LoRAs on the text encoder's self-attention and on
+every UNet attention projection. The base model stays frozen. The result is written in Mix-of-Show's
+ED-LoRA layout (``params.new_concept_embedding / text_encoder / unet``), the format the bench loads.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from safetensors.torch import save_file
+
+from bench.layers import cross_attention_layers
+from bench.prompts import LayerwiseState, LayerwiseTextEncoder, install_layerwise, token_rows_written
+from toytrain import LORA_DIR
+from toytrain.base import encode_latents
+from toytrain.common import TrainLog, lr_at, seed_everything
+from toyworld.concepts import CONCEPTS, ToyConcept, sample_concept_image
+from toyworld.models import WEIGHTS_DIR, load_toy_pipeline
+from toyworld.world import render
+
+RANK = 4
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def _peft_deltas(model: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """peft's ``lora_A``/``lora_B`` weights renamed to ED-LoRA's ``lora_down``/``lora_up``."""
+    state = get_peft_model_state_dict(model)
+    return {
+        prefix + key.replace(".lora_A.weight", ".lora_down.weight").replace(".lora_B.weight", ".lora_up.weight"):
+        value.detach().contiguous()
+        for key, value in state.items()
+    }
+
+
+def write_edlora(path: Path, tokens: dict[str, torch.Tensor], text_encoder: torch.nn.Module,
+                 unet: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
+    """Write peft-adapted models' LoRAs and the token embeddings as a Mix-of-Show ED-LoRA safetensors file."""
+    params = {
+        "new_concept_embedding": tokens,
+        "text_encoder": _peft_deltas(text_encoder, prefix="text_model."),  # as Mix-of-Show writes them
+        "unet": _peft_deltas(unet),
+    }
+    flat = {f"params.{section}.{key}": value.contiguous() for section, tensors in params.items()
+            for key, value in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(flat, str(tmp), metadata={"format": "edlora", "rank": str(RANK), **(metadata or {})})
+    tmp.replace(path)
+
+
+def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, weights: Path | None,
+                  views: int = 400, steps: int = 800, batch: int = 32) -> Path:
+    """Train one concept's ED-LoRA and write ``<out>/<id>.safetensors``."""
+    seed_everything(seed)
+    start = time.time()
+    pipe = load_toy_pipeline(weights)
+    unet, text_encoder, vae = pipe.unet, pipe.text_encoder, pipe.vae
+    for module in (unet, text_encoder, vae):
+        module.requires_grad_(False)
+    rng = np.random.default_rng(seed)
+    samples = [sample_concept_image(rng, concept) for _ in range(views)]
+    pixels = torch.from_numpy(np.stack([np.asarray(render([obj], bg)) for obj, bg, _ in samples]))
+    means, stds = encode_latents(vae, pixels.permute(0, 3, 1, 2).contiguous())
+    layers = len(cross_attention_layers(unet))
+    encoder = LayerwiseTextEncoder.from_pipeline(pipe)
+    tokenizer = encoder.tokenizer_for(list(concept.tokens))
+    captions = [caption for _, _, caption in samples]
+    ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    token_ids = [tokenizer.convert_tokens_to_ids(t) for t in concept.tokens]
+    positions = [int((ids[0] == t).nonzero()[0]) for t in token_ids]
+    ids = torch.where(torch.isin(ids, torch.tensor(token_ids)), torch.zeros_like(ids), ids)
+
+    class_ids = pipe.tokenizer(concept.class_name, add_special_tokens=False).input_ids
+    table = text_encoder.get_input_embeddings().weight
+    first = torch.randn(layers, table.shape[1]) * 0.013
+    second = table[class_ids].mean(0).expand(layers, -1).clone()
+    embeddings = torch.nn.Parameter(torch.stack([first, second], dim=1))  # [layers, 2, D]
+
+    inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=UNET_TARGETS), unet)
+    inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=TEXT_TARGETS), text_encoder)
+    lora_params = [p for m in (unet, text_encoder) for n, p in m.named_parameters() if "lora_" in n]
+    opt = torch.optim.AdamW([{"params": [embeddings], "lr": 5e-3}, {"params": lora_params, "lr": 1e-3}],
+                            weight_decay=0.0)
+    peaks = [5e-3, 1e-3]
+    noise_schedule = pipe.scheduler
+    alphas = noise_schedule.alphas_cumprod
+    state = LayerwiseState()
+    gen = torch.Generator().manual_seed(seed)
+    unet.train()
+    text_encoder.train()
+    with install_layerwise(unet, state):
+        running = 0.0
+        for step in range(steps):
+            for group, peak in zip(opt.param_groups, peaks, strict=True):
+                group["lr"] = lr_at(step, steps, peak, warmup=50)
+            idx = torch.randint(views, (batch,), generator=gen)
+            latents = means[idx].float() + stds[idx].float() * torch.randn(batch, 4, 16, 16, generator=gen)
+            rows = embeddings[:, None].expand(layers, batch, 2, -1).reshape(layers * batch, 2, -1)
+            with token_rows_written(text_encoder.get_input_embeddings(), positions, rows):
+                hidden = text_encoder(ids[idx].repeat(layers, 1))[0]
+            state.embeddings = hidden.view(layers, batch, 77, -1).transpose(0, 1)
+            noise = torch.randn(latents.shape, generator=gen)
+            t = torch.randint(0, len(alphas), (batch,), generator=gen)
+            pred = unet(noise_schedule.add_noise(latents, noise, t), t, encoder_hidden_states=hidden[:batch]).sample
+            loss = F.mse_loss(pred, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += loss.item()
+            if (step + 1) % 100 == 0:
+                log.event(f"lora-{concept.id}", step=step + 1, loss=round(running / 100, 5),
+                          seconds=round(time.time() - start, 1))
+                running = 0.0
+    tokens = {token: embeddings[:, i].detach().clone() for i, token in enumerate(concept.tokens)}
+    path = out / f"{concept.id}.safetensors"
+    write_edlora(path, tokens, text_encoder, unet, {"concept": concept.id})
+    log.event(f"lora-{concept.id}-done", steps=steps, seconds=round(time.time() - start, 1))
+    return path
+
+
+def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
+                concepts: list[str] | None = None, lora_dir: Path | None = None) -> None:
+    """Train every (or the named) concept's ED-LoRA; LoRAs go to the toy dataset's ``loras`` folder."""
+    target = lora_dir or (LORA_DIR if out_dir.resolve() == WEIGHTS_DIR.resolve() else out_dir / "loras")
+    for n, concept_id in enumerate(concepts or list(CONCEPTS)):
+        if concept_id not in CONCEPTS:
+            raise SystemExit(f"--concepts: unknown concept '{concept_id}'; expected one of {list(CONCEPTS)}")
+        train_concept(CONCEPTS[concept_id], target, seed=seed + n, log=log, weights=out_dir,
+                      steps=max(4, int(800 * scale)))

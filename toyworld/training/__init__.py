@@ -1,1 +1,0 @@
-"""Training scripts of the toy world (run with ``python -m toyworld.train STAGE``)."""
