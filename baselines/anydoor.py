@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shlex
 import signal
 import subprocess
 import tempfile
@@ -44,76 +43,27 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from baselines.inpaint import BACKGROUND_DEFAULTS, BACKGROUND_DEVIATIONS, box_seed, choose_reference, scene_background
+from baselines.inpaint import box_seed, choose_reference, reference_mask, scene_background
+from baselines.specs import anydoor as declared
+from baselines.specs.anydoor import (  # noqa: F401 - the declarations, re-exported where they were
+    DEFAULTS,
+    DEVIATIONS,
+    DRIVER,
+    ENV_COMMAND,
+    ENV_DEVICE,
+    NAME,
+    PROTOCOL,
+    documented_command,
+    setup_steps,
+    unavailable,
+)
 from bench.boxes import Box, to_xyxy_pixels
 from bench.methods import Generation, MethodSpec
 from bench.spec import Scene
 
-NAME = "anydoor"
-ENV_COMMAND = "LCBENCH_ANYDOOR_CMD"
-ENV_DEVICE = "LCBENCH_ANYDOOR_DEVICE"
-PROTOCOL = "lcbench-anydoor/2"
-DRIVER = Path(__file__).resolve().with_name("anydoor_driver.py")
 SIZE = 512
 REF_SIZE = 224
 YYXX = tuple[int, int, int, int]
-
-DEFAULTS: dict[str, Any] = {
-    "command": "",
-    "steps": 50,
-    "guidance_scale": 5.0,
-    "strength": 1.0,
-    "crop_ratio": "seeded",
-    "margin": 5,
-    "timeout_s": 1800,
-    **BACKGROUND_DEFAULTS,
-}
-DEVIATIONS = (
-    *BACKGROUND_DEVIATIONS,
-    "AnyDoor inserts one object per call; boxes are filled one by one (AnyDoor#92), each call's output is the "
-    "next call's target.",
-    "Target mask = the box rectangle (no shape control). Reference mask = the concept's mask image of the same "
-    "name when the spec gives a masks folder, else the whole reference image (recorded per box).",
-    "Context crop ratio: upstream draws randint(15, 30) / 10 from unseeded numpy; here it is drawn from a "
-    "generator seeded with the box seed (crop_ratio='seeded') or fixed (crop_ratio=<number>).",
-    "Mask-channel padding follows the gradio demo (-1), not run_inference.py (which wraps to 1 via uint8).",
-    "The collage is built by the driver at box_yyxx in the 512 px frame (one resize instead of upstream's "
-    "resize to the crop box, then to 512).",
-    "Not copied: upstream (run_inference.py and the gradio demo) drops the first row of the 512 px prediction "
-    "(pred[1:]) before crop_back, stretching it by one row; here the whole 512 px prediction is resized back.",
-)
-
-
-def documented_command(python: str = '"$ANYDOOR_HOME/venv/bin/python"') -> str:
-    """The shell command that starts the driver of this checkout inside ``$ANYDOOR_HOME``.
-
-    ``python`` is the AnyDoor environment's interpreter; ``$ANYDOOR_HOME`` is expanded by the shell
-    when the bench starts the command.
-    """
-    return f'{python} {shlex.quote(str(DRIVER))} --anydoor-home "$ANYDOOR_HOME"'
-
-
-def setup_steps() -> str:
-    """The exact steps to make AnyDoor available."""
-    return (
-        "AnyDoor runs out of process. 1) git clone https://github.com/ali-vilab/AnyDoor $ANYDOOR_HOME; "
-        "2) create its own environment at $ANYDOOR_HOME/venv (python 3.8, the pins of its environment.yaml: "
-        "torch 2.0.0, pytorch_lightning 1.5.0, transformers 4.19.2, open_clip_torch 2.17.1, omegaconf 2.1.1, "
-        "einops, opencv-python); "
-        "3) download epoch=1-step=8687.ckpt (HF space xichenhku/AnyDoor or ModelScope damo/AnyDoor) and "
-        "dinov2_vitg14_pretrain.pth, and set their paths in configs/inference.yaml and configs/anydoor.yaml; "
-        f"4) export ANYDOOR_HOME and {ENV_COMMAND}='{documented_command()}' "
-        "(or pass the method parameter command=...). The driver (baselines/anydoor_driver.py, protocol "
-        f"{PROTOCOL}) puts $ANYDOOR_HOME first on sys.path, imports cldm.model, cldm.ddim_hacked and "
-        "datasets.data_utils from it, loads the model once and then serves one request per box; "
-        f"{ENV_DEVICE} overrides its device (default cuda)."
-    )
-
-
-def unavailable(params: Mapping[str, Any] | None = None) -> str | None:
-    """None when an AnyDoor command is configured (parameter ``command`` or the environment), else the setup steps."""
-    configured = str((params or {}).get("command") or "").strip() or os.environ.get(ENV_COMMAND, "").strip()
-    return None if configured else setup_steps()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,22 +190,6 @@ def crop_back(pred: np.ndarray, canvas: np.ndarray, target: TargetCrop, margin: 
 
 # ----------------------------------------------------------------------------------------------
 # The method
-
-
-def reference_mask(ctx: Any, concept_id: str, image_path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, str]:
-    """The concept's mask for a reference image (same stem in its masks folder), else all ones."""
-    assets = getattr(ctx, "assets", None)
-    if assets is not None:
-        candidates = assets.mask_images(concept_id)
-    else:
-        concept = ctx.concept(concept_id)
-        folder = Path(ctx.spec.path).parent / (ctx.spec.asset_root or "") / concept.masks if concept.masks else None
-        candidates = sorted(folder.glob("*")) if folder is not None else []
-    for candidate in candidates:
-        if Path(candidate).stem == image_path.stem:
-            mask = np.array(Image.open(candidate).convert("L").resize(shape[::-1], Image.NEAREST)) > 127
-            return mask.astype(np.uint8), str(candidate)
-    return np.ones(shape, np.uint8), "full image (no mask found)"
 
 
 class DriverProcess:
@@ -469,13 +403,5 @@ class AnyDoorMethod:
 
 
 def method_spec() -> MethodSpec:
-    """The registered AnyDoor method (unavailable until its external command is configured)."""
-    return MethodSpec(
-        name=NAME,
-        description="AnyDoor (official code, out of process): base-model background, then each concept "
-        "inserted into its box in turn from a reference image and mask.",
-        create=AnyDoorMethod,
-        defaults=DEFAULTS,
-        deviations=DEVIATIONS,
-        unavailable=unavailable,
-    )
+    """The AnyDoor method, made by :class:`AnyDoorMethod`."""
+    return declared.method_spec(AnyDoorMethod)

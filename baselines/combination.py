@@ -24,6 +24,13 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from baselines.sampling import encode_pair
+from baselines.specs import combination as declared
+from baselines.specs.combination import (  # noqa: F401 - the declarations, re-exported where they were
+    COMMON,
+    COMPOSITE_DEVIATIONS,
+    REGIONAL_DEVIATIONS,
+    SWITCH_DEVIATIONS,
+)
 from bench.boxes import Box, box_to_grid
 from bench.lora.apply import lora_merged
 from bench.lora.canonical import ConceptLora
@@ -35,9 +42,6 @@ from bench.spec import Scene
 
 if TYPE_CHECKING:
     from bench.context import RunContext
-
-COMMON: dict[str, Any] = {"steps": 50, "guidance_scale": 7.5, "lora_weight": 1.0, "prompt": "global"}
-
 
 def unet_only(lora: ConceptLora) -> ConceptLora:
     """The LoRA's UNet deltas alone (text-encoder deltas and embeddings go through prompt encoding)."""
@@ -160,10 +164,6 @@ def _prompt(scene: Scene, mode: str) -> str:
     return scene.prompt
 
 
-_WEIGHT_DEVIATION = ("LoRA weight: lora_weight (default 1.0, the weight the ED-LoRAs are merged with); upstream "
-                     "scales each LoRA by --lora_scale 0.8")
-
-
 class _Combination:
     """Shared parts of the three methods: parameters, pipeline, decoding and the record."""
 
@@ -197,9 +197,7 @@ class LoraSwitch(_Combination):
     """``lora-switch``."""
 
     name = "lora-switch"
-    deviations = ("text encoder: each LoRA's own text-encoder deltas encode the prompt while it is active",
-                  "concept order = scene region order (first occurrence)",
-                  _WEIGHT_DEVIATION)
+    deviations = SWITCH_DEVIATIONS
 
     def latents(self, pipe: StableDiffusionPipeline, scene: Scene, seed: int, ctx: RunContext
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -217,8 +215,7 @@ class LoraComposite(_Combination):
     """``lora-composite``."""
 
     name = "lora-composite"
-    deviations = ("text encoder: each LoRA's own text-encoder deltas encode the prompt for its prediction",
-                  _WEIGHT_DEVIATION)
+    deviations = COMPOSITE_DEVIATIONS
 
     def latents(self, pipe: StableDiffusionPipeline, scene: Scene, seed: int, ctx: RunContext
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -234,7 +231,7 @@ class LoraRegional(_Combination):
     """``lora-regional``."""
 
     name = "lora-regional"
-    deviations = ("not an upstream method: a naive reference with no attention control, losses or re-init",)
+    deviations = REGIONAL_DEVIATIONS
 
     def latents(self, pipe: StableDiffusionPipeline, scene: Scene, seed: int, ctx: RunContext
                 ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -247,19 +244,5 @@ class LoraRegional(_Combination):
 
 
 def method_specs() -> list[MethodSpec]:
-    """``lora-switch``, ``lora-composite`` and ``lora-regional``."""
-    return [
-        MethodSpec(name="lora-switch", create=LoraSwitch, defaults={**COMMON, "switch_every": 5},
-                   deviations=LoraSwitch.deviations,
-                   description="LoRA Switch (Multi-LoRA Composition): one concept LoRA active at a time, "
-                               "switching every switch_every steps"),
-        MethodSpec(name="lora-composite", create=LoraComposite, defaults=dict(COMMON),
-                   deviations=LoraComposite.deviations,
-                   description="LoRA Composite (Multi-LoRA Composition): the guided predictions of each "
-                               "concept LoRA averaged every step"),
-        MethodSpec(name="lora-regional", create=LoraRegional, defaults=dict(COMMON),
-                   deviations=LoraRegional.deviations,
-                   description="naive per-region LoRA: each region's LoRA and prompt inside its box, base "
-                               "model and global prompt outside, no constraints"),
-    ]
-
+    """``lora-switch``, ``lora-composite`` and ``lora-regional``, made by the classes here."""
+    return declared.method_specs(LoraSwitch, LoraComposite, LoraRegional)

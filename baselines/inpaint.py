@@ -14,12 +14,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 from PIL import Image
 
+from baselines.specs.inpaint import BACKGROUND_DEFAULTS, BACKGROUND_DEVIATIONS  # noqa: F401 - re-exported
 from bench.boxes import Box, to_xyxy_pixels
 from bench.seeds import initial_noise
 from bench.spec import DatasetSpec, Scene
@@ -226,18 +228,56 @@ def scene_background(scene: Scene, seed: int, ctx: object, params: dict) -> tupl
     return image, record
 
 
-BACKGROUND_DEFAULTS = {
-    "background_prompt": "class_words",
-    "background_steps": 50,
-    "background_guidance": 7.5,
-    "reference": "seed",
-}
+# ----------------------------------------------------------------------------------------------
+# Reference images
 
-BACKGROUND_DEVIATIONS = (
-    "Background: the base model alone on the global prompt with concept tokens replaced by class words "
-    "(LoRA-Composer gen_basemodel_bg.py); scene concepts (e.g. a pyramid ED-LoRA) are rendered by class word "
-    "too, not with their ED-LoRA (gen_edlora_bg.py).",
-    "Boxes are inpainted in spec order; a later box overwrites an earlier one where boxes overlap.",
-    "Per-box seed = (seed + 1000 * (box index + 1)) mod 2^31; reference image = sorted(refs)[box seed % n] "
-    "(rule 'seed') or the first by name (rule 'first').",
-)
+
+def reference_mask(ctx: Any, concept_id: str, image_path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """The concept's mask for a reference image (same stem in its masks folder), else all ones."""
+    assets = getattr(ctx, "assets", None)
+    if assets is not None:
+        candidates = assets.mask_images(concept_id)
+    else:
+        concept = ctx.concept(concept_id)
+        folder = Path(ctx.spec.path).parent / (ctx.spec.asset_root or "") / concept.masks if concept.masks else None
+        candidates = sorted(folder.glob("*")) if folder is not None else []
+    for candidate in candidates:
+        if Path(candidate).stem == image_path.stem:
+            mask = np.array(Image.open(candidate).convert("L").resize(shape[::-1], Image.NEAREST)) > 127
+            return mask.astype(np.uint8), str(candidate)
+    return np.ones(shape, np.uint8), "full image (no mask found)"
+
+
+# Paint-by-Example's training crops (Fantasy-Studio/Paint-by-Example@2eb6e9c ldm/data/open-images.py L134-142):
+# the object's box widened by up to 10 px on each side, clamped to the image.
+SUBJECT_PAD = 10
+
+
+def subject_box(mask: np.ndarray, pad: int = SUBJECT_PAD) -> tuple[int, int, int, int] | None:
+    """The pixel box ``(x0, y0, x1, y1)`` (exclusive ends) of a mask's subject widened by ``pad`` px on
+    each side within the image, or None when the mask is empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    height, width = mask.shape
+    x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    return (x0 - min(pad, x0), y0 - min(pad, y0), x1 + min(pad, width - x1), y1 + min(pad, height - y1))
+
+
+def reference_example(ctx: Any, concept_id: str, path: Path, rule: str) -> tuple[Image.Image, dict[str, Any]]:
+    """A reference image as the example of an inpainting call, and what was done to it (for the record).
+
+    ``rule='mask'``: cropped to the subject of the concept's mask of the same name (:func:`reference_mask`,
+    :func:`subject_box`); without such a mask, or with an empty one, the whole image. ``rule='none'``: the
+    whole image.
+    """
+    if rule not in ("mask", "none"):
+        raise ValueError(f"parameter 'reference_crop': expected 'mask' or 'none', got {rule!r}")
+    image = Image.open(path).convert("RGB")
+    if rule == "none":
+        return image, {"rule": rule, "mask": None, "box_xyxy": None}
+    mask, source = reference_mask(ctx, concept_id, path, (image.height, image.width))
+    box = subject_box(mask.astype(bool))
+    if box is None:
+        return image, {"rule": rule, "mask": f"{source} (empty: whole image used)", "box_xyxy": None}
+    return image.crop(box), {"rule": rule, "mask": source, "box_xyxy": list(box)}

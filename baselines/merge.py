@@ -16,32 +16,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from baselines.sampling import encode_pair, sample_layerwise
+from baselines.specs import merge as declared
+from baselines.specs.merge import (  # noqa: F401 - the declarations, re-exported where they were
+    COMPOSLORA_DEFAULTS,
+    COMPOSLORA_DEVIATIONS,
+    COMPOSLORA_NAME,
+    DEFAULTS,
+)
 from bench.context import RunContext
 from bench.lora.apply import lora_merged
 from bench.methods import Generation, MethodSpec
 from bench.spec import Scene
-
-DEFAULTS: dict[str, Any] = {
-    "steps": 50,
-    "guidance_scale": 7.5,
-    "normalize": True,
-    "prompt": "global",
-}
-COMPOSLORA_NAME = "lora-merge-composlora"
-COMPOSLORA_DEFAULTS: dict[str, Any] = {
-    "steps": 50,
-    "guidance_scale": 7.5,
-    "lora_weight": 0.8,
-    "prompt": "global",
-}
-COMPOSLORA_DEVIATIONS = (
-    "Concept LoRAs are the benchmark's ED-LoRAs (layer-wise token embeddings + UNet/text-encoder deltas), "
-    "merged into the weights; upstream loads kohya LoRAs as PEFT adapters (same sum of scaled deltas).",
-    "Prompt: the scene's global prompt with concept tokens (upstream: a fixed style prompt + each LoRA's "
-    "trigger words); upstream's negative prompt is replaced by the scene's.",
-    "Sampler: the base model's scheduler, steps=50 and guidance_scale=7.5 like the other baselines "
-    "(upstream: DPM-Solver++, 200 steps, CFG 10, seed 111).",
-)
 
 
 def _prompt(scene: Scene, mode: str) -> str:
@@ -94,28 +79,6 @@ class ComposLoraMerge(LoraMerge):
         return float(self.params["lora_weight"])
 
 
-def method_spec() -> MethodSpec:
-    """The registered ``lora-merge`` method."""
-    return MethodSpec(
-        name="lora-merge",
-        description="all concept LoRAs merged into the base with equal weights (1/N), global prompt only",
-        create=LoraMerge,
-        defaults=DEFAULTS,
-    )
-
-
-def composlora_method_spec() -> MethodSpec:
-    """The ``lora-merge-composlora`` method: ComposLoRA's merge, each LoRA at 0.8."""
-    return MethodSpec(
-        name=COMPOSLORA_NAME,
-        description="ComposLoRA's LoRA merge (Multi-LoRA Composition): all concept LoRAs merged into the base, "
-                    "each at lora_weight 0.8, global prompt only",
-        create=ComposLoraMerge,
-        defaults=COMPOSLORA_DEFAULTS,
-        deviations=COMPOSLORA_DEVIATIONS,
-    )
-
-
 def method_specs() -> list[MethodSpec]:
-    """Both merge baselines: ``lora-merge`` (1/N) and ``lora-merge-composlora`` (0.8 each)."""
-    return [method_spec(), composlora_method_spec()]
+    """Both merge baselines, ``lora-merge`` (1/N) and ``lora-merge-composlora`` (0.8 each), made by the classes here."""
+    return [declared.method_spec(LoraMerge), declared.composlora_method_spec(ComposLoraMerge)]

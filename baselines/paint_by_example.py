@@ -18,8 +18,6 @@ from PIL import Image
 from transformers import CLIPImageProcessor
 
 from baselines.inpaint import (
-    BACKGROUND_DEFAULTS,
-    BACKGROUND_DEVIATIONS,
     base_model_ref,
     box_mask_image,
     box_seed,
@@ -27,59 +25,29 @@ from baselines.inpaint import (
     crop_window,
     cut_window,
     paste_back,
+    reference_example,
     scene_background,
+)
+from baselines.specs import paint_by_example as declared
+from baselines.specs.paint_by_example import (  # noqa: F401 - the declarations, re-exported where they were
+    DEFAULTS,
+    DEVIATIONS,
+    NAME,
+    RANDOM_MODEL,
+    REFERENCE_CROPS,
+    resolve_model,
+    unavailable,
 )
 from bench.methods import Generation, MethodSpec
 from bench.seeds import initial_noise
 from bench.spec import Scene
 
-try:  # deprecated module: import it once here so an incompatible diffusers is reported, not crashed on
+try:  # deprecated module: a diffusers without it is reported by unavailable() (a file check), not crashed on here
     from diffusers import PaintByExamplePipeline
     from diffusers.pipelines.deprecated.paint_by_example import PaintByExampleImageEncoder
-
-    _IMPORT_ERROR: str | None = None
-except ImportError as err:  # pragma: no cover - depends on the installed diffusers
+except ImportError:  # pragma: no cover - depends on the installed diffusers
     PaintByExamplePipeline = None  # type: ignore[assignment,misc]
     PaintByExampleImageEncoder = None  # type: ignore[assignment,misc]
-    _IMPORT_ERROR = str(err)
-
-NAME = "paint-by-example"
-RANDOM_MODEL = "builtin:random-pbe"
-DEFAULTS: dict[str, Any] = {
-    "model": "auto",
-    "steps": 50,
-    "guidance_scale": 5.0,
-    "mode": "crop",
-    "crop_size": "native",
-    "crop_expand": 2.0,
-    "paste_inside_box": True,
-    **BACKGROUND_DEFAULTS,
-}
-DEVIATIONS = (
-    *BACKGROUND_DEVIATIONS,
-    "Multi-concept use is not part of Paint-by-Example: each box is inpainted in sequence (protocol of "
-    "baselines.md §D).",
-    "mode 'crop' (default): the box expanded crop_expand times, square where the canvas allows, worked on at "
-    "crop_size px and resized back ('native', the default: the model's own resolution, 512 for "
-    "Fantasy-Studio/Paint-by-Example, which was trained at 512); mode 'full': the whole canvas.",
-    "paste_inside_box (default on): only the box's pixels are replaced; the pipeline's VAE round trip of the "
-    "rest of the window is discarded.",
-    "The reference image goes through diffusers' CLIPImageProcessor (resize + centre crop 224); the original "
-    "repo squashes it to 224x224.",
-    "Sampler: the model's own scheduler (PNDM with skip_prk_steps for Fantasy-Studio/Paint-by-Example, i.e. "
-    "PLMS as in the original repo).",
-)
-
-
-def unavailable(params: Mapping[str, Any] | None = None) -> str | None:
-    """None when diffusers still ships PaintByExamplePipeline, else how to get a version that does."""
-    if _IMPORT_ERROR is None:
-        return None
-    return (
-        f"diffusers cannot import PaintByExamplePipeline ({_IMPORT_ERROR}). Install the pinned version: "
-        "pip install 'diffusers>=0.42,<0.43'"
-    )
-
 
 _SCHEDULERS = {"PNDMScheduler": PNDMScheduler, "DDIMScheduler": DDIMScheduler}
 
@@ -117,20 +85,18 @@ class PaintByExampleMethod:
         self.params = dict(params)
         if self.params["mode"] not in ("crop", "full"):
             raise ValueError(f"method '{NAME}': parameter 'mode' must be 'crop' or 'full', got {self.params['mode']!r}")
+        if self.params["reference_crop"] not in REFERENCE_CROPS:
+            raise ValueError(f"method '{NAME}': parameter 'reference_crop' must be one of {list(REFERENCE_CROPS)}, "
+                             f"got {self.params['reference_crop']!r}")
         self._pipe: PaintByExamplePipeline | None = None
 
     def pipeline(self, ctx: Any, style: str) -> tuple[PaintByExamplePipeline, str]:
-        """The PbE pipeline (loaded once) and the reference it came from."""
-        ref = str(self.params["model"])
-        if ref == "auto":
-            base_ref = base_model_ref(ctx, style)
-            if not base_ref.startswith("builtin:"):
-                raise ValueError(
-                    f"method '{NAME}': parameter 'model' is 'auto', which only resolves for built-in "
-                    "tiny base models; expected model=PATH of a local Fantasy-Studio/Paint-by-Example "
-                    "diffusers folder"
-                )
-            ref = RANDOM_MODEL
+        """The PbE pipeline (loaded once) and the reference it came from ('auto': see
+        :func:`baselines.specs.paint_by_example.resolve_model`)."""
+        ref, reason = resolve_model(str(self.params["model"]), base_model_ref(ctx, style),
+                                    f"{ctx.spec.path}: base_models.{style}")
+        if ref is None:
+            raise ValueError(f"method '{NAME}': {reason}")
         pipe = ctx.model(ref, "inpainting", where=f"{NAME} parameter 'model'")
         if self._pipe is not pipe:
             pipe.set_progress_bar_config(disable=True)
@@ -197,7 +163,7 @@ class PaintByExampleMethod:
         for i, region in enumerate(scene.regions):
             seed_i = box_seed(seed, i)
             ref_path = choose_reference(ctx.reference_images(region.concept), seed_i, self.params["reference"])
-            example = Image.open(ref_path).convert("RGB")
+            example, crop = reference_example(ctx, region.concept, ref_path, self.params["reference_crop"])
             canvas, call = self.inpaint_box(pipe, canvas, region.box, example, seed_i)
             boxes.append(
                 {
@@ -205,12 +171,14 @@ class PaintByExampleMethod:
                     "box": list(region.box),
                     "seed": seed_i,
                     "reference": str(ref_path),
+                    "reference_crop": crop,
                     **call,
                 }
             )
         record = {
             "method": NAME,
             "model": model_ref,
+            "model_parameter": str(self.params["model"]),
             "scheduler": type(pipe.scheduler).__name__,
             "background": bg_record,
             "boxes": boxes,
@@ -220,13 +188,5 @@ class PaintByExampleMethod:
 
 
 def method_spec() -> MethodSpec:
-    """The registered Paint-by-Example method."""
-    return MethodSpec(
-        name=NAME,
-        description="Paint-by-Example (diffusers port): base-model background, then each box inpainted "
-        "in turn with a reference image of its concept.",
-        create=PaintByExampleMethod,
-        defaults=DEFAULTS,
-        deviations=DEVIATIONS,
-        unavailable=unavailable,
-    )
+    """The Paint-by-Example method, made by :class:`PaintByExampleMethod`."""
+    return declared.method_spec(PaintByExampleMethod)

@@ -216,9 +216,14 @@ class MissingAsset:
 
 
 def missing_assets(
-    spec: DatasetSpec, resolver: AssetResolver, scene_ids: Iterable[str] | None = None
+    spec: DatasetSpec, resolver: AssetResolver, scene_ids: Iterable[str] | None = None, *, open_files: bool = False
 ) -> list[MissingAsset]:
-    """Every asset that the given scenes (default: the whole spec) need and that is missing or empty."""
+    """Every asset that the given scenes (default: the whole spec) need and that is missing or empty.
+
+    With ``open_files`` the LoRA files and single-file ``.ckpt`` base models that exist are opened as a run
+    opens them (``torch.load(weights_only=True)``: nothing in them is run), and each one a run would refuse
+    (pickled code, a broken or unknown file) is listed too, with why.
+    """
     scenes = _select_scenes(spec, scene_ids)
     if scene_ids is None:
         styles = sorted(spec.base_models)
@@ -228,12 +233,14 @@ def missing_assets(
         concept_ids = _used_concepts(spec, scenes)
     found: list[MissingAsset] = []
     for style in styles:
-        found += _check_base_model(spec, resolver, style)
+        found += _check_base_model(spec, resolver, style, open_files)
     for cid in concept_ids:
         concept = spec.concepts[cid]
         lora = resolver.resolve(concept.lora)
         if not lora.is_file():
             found.append(MissingAsset("lora", cid, f"concepts[{cid}].lora", str(lora)))
+        elif open_files:
+            found += _open_lora(lora, cid)
         found += _check_folder(resolver.resolve(concept.references), "references", cid)
         if concept.masks is not None:
             found += _check_folder(resolver.resolve(concept.masks), "masks", cid)
@@ -264,7 +271,33 @@ def _used_concepts(spec: DatasetSpec, scenes: Sequence[Scene]) -> list[str]:
     return list(dict.fromkeys(cid for scene in scenes for cid in spec.scene_concepts(scene)))
 
 
-def _check_base_model(spec: DatasetSpec, resolver: AssetResolver, style: str) -> list[MissingAsset]:
+def _open_lora(path: Path, cid: str) -> list[MissingAsset]:
+    """The LoRA file as a run reads it (weights only, nothing run): [] when usable, else why it is refused."""
+    from bench.lora.formats import LoraError, load_lora
+
+    field = f"concepts[{cid}].lora"
+    try:
+        load_lora(path, where=field)
+    except LoraError as err:
+        got = "" if err.got is None else f" (got {err.got})"
+        return [MissingAsset("lora", cid, field, str(path), f"refused: expected {err.expected}{got}")]
+    return []
+
+
+def _open_checkpoint(path: Path, style: str, field: str) -> list[MissingAsset]:
+    """A single-file ``.ckpt`` base model opened weights-only: [] when it holds plain tensors, else why not."""
+    from bench.safeload import WeightsFileError, load_weights_only
+
+    try:
+        load_weights_only(path, mmap=True)
+    except WeightsFileError as err:
+        return [MissingAsset("base_model", style, field, str(path), f"refused: {err.reason}")]
+    return []
+
+
+def _check_base_model(
+    spec: DatasetSpec, resolver: AssetResolver, style: str, open_files: bool = False
+) -> list[MissingAsset]:
     ref = resolver.base_model_ref(style)
     field = f"base_models.{style}"
     if is_builtin(ref):
@@ -276,7 +309,7 @@ def _check_base_model(spec: DatasetSpec, resolver: AssetResolver, style: str) ->
             return []
         return [MissingAsset("base_model", style, field, ref, "folder without model_index.json")]
     if path.is_file():
-        return []
+        return _open_checkpoint(path, style, field) if open_files and path.suffix == ".ckpt" else []
     raw = spec.base_models.get(style, "")
     if looks_like_hub_id(raw):
         hint = f"missing; '{raw}' looks like a hub id: `huggingface-cli download {raw} --local-dir {ref}`"
@@ -300,7 +333,8 @@ def format_missing(missing: Sequence[MissingAsset]) -> str:
     header = ("kind", "owner", "field", "problem", "expected path")
     rows = [header] + [(m.kind, m.owner, m.field, m.problem, m.path) for m in missing]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    lines = [f"{len(missing)} missing asset{'s' if len(missing) != 1 else ''}:"]
+    what = "missing or refused" if any(m.problem.startswith("refused") for m in missing) else "missing"
+    lines = [f"{len(missing)} {what} asset{'s' if len(missing) != 1 else ''}:"]
     for n, row in enumerate(rows):
         lines.append(
             "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 Box = tuple[float, float, float, float]
 
@@ -67,6 +69,8 @@ def box_to_grid(box: Box, grid_h: int, grid_w: int) -> tuple[int, int, int, int]
 
 def box_mask(box: Box, grid_h: int, grid_w: int, device: torch.device | str | None = None) -> torch.Tensor:
     """A float ``[grid_h, grid_w]`` mask that is 1 on the cells :func:`box_to_grid` selects."""
+    import torch  # lazily: the spec layer (and `bench --help`) must not pay torch's import
+
     y0, y1, x0, x1 = box_to_grid(box, grid_h, grid_w)
     mask = torch.zeros(grid_h, grid_w, device=device)
     if y1 > y0 and x1 > x0:

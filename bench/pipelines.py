@@ -8,9 +8,9 @@ message saying what to download and where to put it.
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
-from zipfile import is_zipfile
+from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, T2IAdapter
@@ -18,6 +18,7 @@ from PIL import Image
 
 from bench.configs import sd15_config_dir
 from bench.models import ModelError, create, looks_like_hub_id
+from bench.safeload import WeightsFileError, load_weights_only
 
 
 def sd_scheduler() -> DPMSolverMultistepScheduler:
@@ -25,6 +26,18 @@ def sd_scheduler() -> DPMSolverMultistepScheduler:
     return DPMSolverMultistepScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
     )
+
+
+# A locally loaded pipeline -> the scheduler its folder or file shipped (the loader swaps in DPM-Solver++).
+_SHIPPED_SCHEDULERS: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
+
+
+def shipped_scheduler(pipe: StableDiffusionPipeline) -> Any:
+    """A fresh instance of the scheduler the model ships: a local diffusers folder's ``scheduler/`` (a
+    single file's: that of its configs), which :func:`load_local_pipeline` replaces by DPM-Solver++; a
+    pipeline made any other way (a built-in) ships the scheduler it has."""
+    original = _SHIPPED_SCHEDULERS.get(pipe, pipe.scheduler)
+    return type(original).from_config(original.config)
 
 
 def load_base_model(
@@ -95,6 +108,7 @@ def _load_local(
     else:
         raise ModelError(f"{where}: '{path}' does not exist; expected a diffusers folder, a .safetensors or "
                          "a .ckpt file")
+    _SHIPPED_SCHEDULERS[pipe] = pipe.scheduler
     pipe.scheduler = type(sd_scheduler()).from_config(pipe.scheduler.config)
     return pipe
 
@@ -137,15 +151,11 @@ def _user_config_dir(config: Path, where: str) -> Path:
 def _check_weights_only(path: Path, where: str) -> None:
     """Refuse a .ckpt whose pickle holds anything but tensors and plain containers; runs none of it."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=is_zipfile(path))
-    except pickle.UnpicklingError as err:
+        load_weights_only(path, mmap=True)
+    except WeightsFileError as err:
+        if err.carries_code:  # never torch's advice to load it unsafely
+            raise ModelError(f"{where}: '{path}': expected a plain state dict; {err.reason}") from err
         raise ModelError(
-            f"{where}: '{path}' holds pickled objects other than tensors (possibly code) and is refused "
-            f"({str(err).splitlines()[0]}); expected a plain state dict; convert it to .safetensors on a "
-            "machine you trust"
-        ) from err
-    except Exception as err:
-        raise ModelError(
-            f"{where}: '{path}' is not a readable torch checkpoint ({type(err).__name__}: {err}); expected a "
-            ".ckpt written by torch.save"
+            f"{where}: '{path}' is not a readable torch checkpoint ({err.detail}); expected a .ckpt written by "
+            "torch.save"
         ) from err

@@ -5,15 +5,18 @@ once per layer with the concept tokens bound to that layer's embedding (Mix-of-S
 ``bind_concept_prompt``), giving ``[layers, 77, D]``; cross-attention layer ``l`` (numbered down ->
 mid -> up, :mod:`bench.layers`) then attends to copy ``l``.
 
-The shared pipeline is never changed: the tokenizer is a private copy that knows the concept
-tokens, concept rows are written into the token-embedding output by a temporary forward hook
-(the embedding matrix is not resized), and a text-encoder LoRA is merged only for the call.
+The shared pipeline is never changed: concept tokens are kept whole by splitting the prompt on
+them and tokenizing the text between them with the pipeline's own tokenizer (what a tokenizer copy
+with the tokens added does, without the copy), concept rows are written into the token-embedding
+output by a temporary forward hook (the embedding matrix is not resized), and a text-encoder LoRA
+is merged only for the call.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,45 +33,59 @@ from bench.lora.apply import lora_merged
 from bench.lora.canonical import ConceptLora
 
 _PLACEHOLDER_ID = 0  # input id fed to the model at concept-token positions; the hook overwrites its row
-# Private tokenizer copies per base tokenizer and token set, shared by every encoder of that tokenizer:
-# a copy costs ~0.15 s, and methods build an encoder per image.
+# Private tokenizer copies per base tokenizer and token set (``LayerwiseTextEncoder.tokenizer_for``, for
+# callers that need real ids of the concept tokens, e.g. Mix-of-Show fusion, once per concept): a copy
+# costs 0.15-0.4 s. Prompt encoding and token positions never copy (:func:`concept_token_ids`).
 _PRIVATE_TOKENIZERS: weakref.WeakKeyDictionary[Any, OrderedDict[frozenset[str], Any]] = weakref.WeakKeyDictionary()
 
 
-def _tokenizer_with(tokenizer: Any, tokens: Sequence[str]) -> Any:
-    """``tokenizer`` itself if it already keeps every token whole, else a copy with them added."""
-    added = tokenizer.get_added_vocab()
-    missing = [t for t in dict.fromkeys(tokens) if t not in added]
-    if not missing:
-        return tokenizer
-    tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.add_tokens(missing, special_tokens=True)
-    return tokenizer
+def concept_token_ids(tokenizer: Any, prompt: str, concept_tokens: Sequence[str]
+                      ) -> tuple[list[int], dict[int, str]]:
+    """The padded, truncated ``model_max_length`` (77) ids of ``prompt`` with ``concept_tokens`` kept whole.
+
+    Equal to tokenizing with a copy of ``tokenizer`` that has the tokens added as special tokens, without
+    the copy: the prompt is split on the tokens (leftmost, longest first, exact case, as the added-token
+    matcher splits) and the text between them is tokenized by ``tokenizer`` itself. Concept-token
+    positions hold ``_PLACEHOLDER_ID``; the returned dict maps each of them to its token.
+    """
+    ids: list[int] = []
+    marks: dict[int, str] = {}  # index into ids (before BOS) -> token
+    start = 0
+    tokens = sorted(set(concept_tokens), key=len, reverse=True)
+    if tokens:
+        for match in re.finditer("|".join(re.escape(t) for t in tokens), prompt):
+            ids += _text_ids(tokenizer, prompt[start : match.start()])
+            marks[len(ids)] = match.group()
+            ids.append(_PLACEHOLDER_ID)
+            start = match.end()
+    ids += _text_ids(tokenizer, prompt[start:])
+    length = tokenizer.model_max_length
+    body = ids[: length - 2]
+    padded = [tokenizer.bos_token_id, *body, tokenizer.eos_token_id]
+    padded += [tokenizer.pad_token_id] * (length - len(padded))
+    return padded, {i + 1: token for i, token in marks.items() if i < len(body)}
 
 
-def _input_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """The padded, truncated ``model_max_length`` (77) ids of ``prompt``, as the SD pipeline tokenizes it."""
-    return tokenizer(
-        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True
-    ).input_ids
+def _text_ids(tokenizer: Any, text: str) -> list[int]:
+    """Ids of plain text between concept tokens (no BOS/EOS); empty text gives none."""
+    return tokenizer(text, add_special_tokens=False).input_ids if text else []
 
 
 def token_positions(tokenizer: Any, prompt: str, concept_tokens: Sequence[str]) -> list[int]:
     """Position of (the first occurrence of) each concept token in the 77-long tokenized prompt (SOT = 0).
 
-    The tokens are registered as added special tokens (on a copy of ``tokenizer`` if needed) so each
-    is one id, and positions come from the real tokenization, not from whitespace word indices.
+    The tokens are kept whole (as if added as special tokens, :func:`concept_token_ids`), so each is
+    one position, and positions come from the real tokenization, not from whitespace word indices.
     """
-    tokenizer = _tokenizer_with(tokenizer, concept_tokens)
-    ids = _input_ids(tokenizer, prompt)
+    ids, marks = concept_token_ids(tokenizer, prompt, concept_tokens)
     positions = []
     for token in concept_tokens:
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if token_id not in ids:
+        found = [p for p, t in marks.items() if t == token]
+        if not found:
             raise ValueError(
                 f"concept token '{token}' is not in the first {len(ids)} tokens of prompt '{prompt}'"
             )
-        positions.append(ids.index(token_id))
+        positions.append(min(found))
     return positions
 
 
@@ -104,8 +121,8 @@ class LayerwiseTextEncoder:
         return self._tokenizers[key]
 
     def token_positions(self, prompt: str, concept_tokens: Sequence[str]) -> list[int]:
-        """:func:`token_positions` with a tokenizer that keeps ``concept_tokens`` whole."""
-        return token_positions(self.tokenizer_for(concept_tokens), prompt, concept_tokens)
+        """:func:`token_positions` of ``concept_tokens`` (kept whole) in ``prompt``."""
+        return token_positions(self._base_tokenizer, prompt, concept_tokens)
 
     @torch.no_grad()
     def encode(
@@ -121,19 +138,15 @@ class LayerwiseTextEncoder:
         the call only. A prompt without concept tokens gives one encoding expanded over the layers.
         """
         table = _embedding_table(concepts, num_layers)
-        tokenizer = self.tokenizer_for(list(table))
-        ids = _input_ids(tokenizer, prompt)
-        token_of_id = {tokenizer.convert_tokens_to_ids(t): t for t in table}
-        positions = [i for i, token_id in enumerate(ids) if token_id in token_of_id]
+        ids, marks = concept_token_ids(self._base_tokenizer, prompt, list(table))
+        positions = sorted(marks)
         device = next(self.text_encoder.parameters()).device
-        input_ids = torch.tensor(
-            [_PLACEHOLDER_ID if i in positions else t for i, t in enumerate(ids)], device=device
-        )
-        layerwise = any(table[token_of_id[ids[p]]].shape[0] > 1 for p in positions)
+        input_ids = torch.tensor(ids, device=device)
+        layerwise = any(table[marks[p]].shape[0] > 1 for p in positions)
         copies = num_layers if layerwise else 1
         rows = None
         if positions:
-            per_position = [table[token_of_id[ids[p]]].expand(num_layers, -1) for p in positions]
+            per_position = [table[marks[p]].expand(num_layers, -1) for p in positions]
             rows = torch.stack(per_position, dim=1)[:copies]  # [copies, n_positions, D]
         merged: AbstractContextManager[None] = nullcontext()
         if text_lora is not None:

@@ -26,6 +26,14 @@ DEVIATIONS: tuple[str, ...] = (
     "paper's one-step update before re-initialization",
     "T2I-Adapter through diffusers' T2IAdapter and down_intrablock_additional_residuals (diffusers-format "
     "adapter folders), applied only while refining as upstream",
+    "the concept region mask is applied by attending each query group (background, each box alone, box "
+    "overlaps) to its allowed keys with fused attention, and region attention is batched across regions: "
+    "the same probabilities as upstream's dense -1e6 bias and per-region loop (masked keys get exactly 0), "
+    "sums in another float order",
+    "adaptive_loss_level=true (off by default) moves the loss, its maps and the re-initialization window "
+    "search to the coarsest finer attention level (image/16, then image/8) at which every box keeps at least "
+    "one cell; upstream always uses image/32, where a box narrower than one cell gets no loss and no "
+    "re-initialization (the record lists such boxes under empty_boxes either way)",
 )
 
 
@@ -67,6 +75,7 @@ class ComposerConfig:
     early_stop_from: int = 5
     reinit_update: bool = False  # the paper's one gradient step before re-init (the code has none)
     truncate_refinement: bool = True  # stop refinement forwards after the last loss-level layer (exact)
+    adaptive_loss_level: bool = False  # finer loss level when a box is empty on the loss grid (not upstream)
 
     def loss_weights(self) -> LossWeights:
         """The loss switches implied by CE / CI and the finer switches."""

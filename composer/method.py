@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,35 @@ from regions.adapters import SceneAdapters, adapter_refs, no_adapter_note
 if TYPE_CHECKING:
     from bench.context import RunContext
 
+
+class EmptyBoxWarning(UserWarning):
+    """A region's box has no cell on the loss grid or on an attention grid it is injected at."""
+
+
+def empty_box_message(scene_id: str, empty: Sequence[Mapping[str, Any]], regions: Sequence[str],
+                      guided: bool = True) -> str:
+    """One line per scene: which regions are empty on which grids, what that means, and the remedy.
+
+    ``guided``: whether losses or re-initialization read the loss grid (not in the ``none`` ablation).
+    """
+    def where(entries: list[Mapping[str, Any]]) -> str:
+        grids: dict[tuple[int, int], list[str]] = {}
+        for e in entries:
+            grids.setdefault(tuple(e["grid_hw"]), []).append(regions[e["region"]])
+        return "; ".join(f"{h}x{w}: {', '.join(names)}" for (h, w), names in grids.items())
+
+    loss = [e for e in empty if e["map_grid"] and guided]
+    other = [e for e in empty if e not in loss]
+    parts = []
+    if loss:
+        parts.append(f"empty on the loss grid ({where(loss)}): no loss and no re-initialization for them, as "
+                     "upstream; lora-composer.adaptive_loss_level=true moves the loss to a grid where every box "
+                     "keeps a cell")
+    if other:
+        parts.append(f"empty on attention grids ({where(other)}): those layers read the global prompt there")
+    return f"lora-composer: scene '{scene_id}': boxes " + "; ".join(parts) + " (listed in each record's empty_boxes)"
+
+
 def config_from_params(params: Mapping[str, Any], spec_loss_level: int | None) -> ComposerConfig:
     """The sampler configuration from method parameters (``loss_level`` None: the spec's, else 4)."""
     fields = {f.name for f in dataclasses.fields(ComposerConfig)}
@@ -37,6 +67,7 @@ class LoraComposer:
     def __init__(self, params: Mapping[str, Any]):
         self.params = dict(params)
         self.adapters = SceneAdapters("lora-composer")
+        self._warned: set[str] = set()  # scenes whose empty boxes were already reported
 
     def generate(self, scene: Scene, seed: int, ctx: RunContext) -> Generation:
         """Make the image of ``scene`` for ``seed`` (the shared pipeline is left as found)."""
@@ -61,17 +92,27 @@ class LoraComposer:
             unet_only = dataclasses.replace(background_lora, text_encoder={}, token_embeddings={})
             merged = lora_merged(pipe.unet, None, [unet_only], [1.0])
         with merged:
-            result = composer_sampler(pipe.unet, scheduler, layout, config)(noise)
+            result = composer_sampler(pipe.unet, scheduler, layout, config, latent_shape[-2:])(noise)
         image = decode(pipe, result.latents)
-        grid = [box_to_grid(r.box, *grid_at_level(latent_shape[-2:], config.loss_level)) for r in scene.regions]
+        level = result.log["loss_level"]  # the scene's (adaptive_loss_level may choose a finer one)
+        grid = [box_to_grid(r.box, *grid_at_level(latent_shape[-2:], level)) for r in scene.regions]
+        empty = result.log["empty_boxes"]
+        if empty and scene.id not in self._warned:
+            self._warned.add(scene.id)
+            names = [f"{r}:{region.concept}" for r, region in enumerate(scene.regions)]
+            message = empty_box_message(scene.id, empty, names, result.log["loss_grid_read"])
+            warnings.warn(EmptyBoxWarning(message), stacklevel=2)
         record = {
-            "loss_level": config.loss_level,
+            "loss_level": level,
+            "loss_level_requested": config.loss_level,
             "adapters": refs,
             "adapter_note": no_adapter_note(scene),
             "background_concept": background.id if background is not None else None,
             "token_positions": [list(p) for p in layout.token_positions],
             "loss_grid_boxes": [list(b) for b in grid],
-            "refine_steps_run": result.log["refine_steps"],
+            "empty_boxes": empty,
+            "refine_steps_run": result.log["refine_steps"],  # gradient steps actually taken
+            "refine_forwards_run": result.log["refine_forwards"],
             "early_stop_step": result.log["stop_step"],
             "losses": result.log["losses"],
             "reinit_windows": result.log.get("reinit_windows"),

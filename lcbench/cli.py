@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -57,29 +56,75 @@ def parse_params(pairs: Sequence[str]) -> dict[str, dict[str, str]]:
     return out
 
 
-def select_methods(names: str, params: dict[str, dict[str, str]]) -> list[Any]:
-    """The requested methods with their resolved parameters (``all`` = every available built-in)."""
+def select_methods(
+    names: str, params: dict[str, dict[str, str]], dataset: DatasetSpec | None = None,
+    unavailable: dict[str, str] | None = None,
+) -> list[Any]:
+    """The requested methods with their resolved parameters (``all`` = every built-in available on ``dataset``).
+
+    With ``all``, a method that cannot run (:meth:`MethodSpec.availability`) is left out with a printed
+    line, and its reason goes into ``unavailable`` (for the run's manifest).
+    """
     from bench.runner import MethodRequest
 
     available: dict[str, MethodSpec] = registered_methods(plugin_manager())
-    if names == "all":
-        chosen = [name for name, spec in available.items()
-                  if spec.reference is None and spec.unavailable(spec.defaults) is None]
-    else:
-        chosen = [n.strip() for n in names.split(",") if n.strip()]
+    chosen = ([name for name, spec in available.items() if spec.reference is None] if names == "all"
+              else [n.strip() for n in names.split(",") if n.strip()])
     for name in [*chosen, *params]:
         if name not in available:
             raise CliError(f"--methods: unknown method '{name}'; expected one of {sorted(available)}")
     try:
-        return [MethodRequest(available[n], available[n].resolve_params(params.get(n, {}))) for n in chosen]
+        requests = [MethodRequest(available[n], available[n].resolve_params(params.get(n, {}))) for n in chosen]
+        if names != "all":
+            return requests
+        kept = []
+        for request in requests:
+            reason = request.spec.availability(request.params, dataset)
+            if reason is None:
+                kept.append(request)
+                continue
+            first = reason.splitlines()[0]
+            if dataset is not None and not first.startswith("on dataset "):
+                first = f"on dataset '{dataset.name}': {first}"
+            sep = " " if first.startswith("on dataset ") else ": "
+            print(f"skipping method '{request.spec.name}': unavailable{sep}{first}")
+            if unavailable is not None:
+                unavailable[request.spec.name] = reason
+        return kept
     except ValueError as err:
         raise CliError(f"--param: {err}") from err
 
 
+def print_skipped_scenes(methods: Sequence[Any], dataset: DatasetSpec, scenes: Sequence[str]) -> None:
+    """One line per method and reason for the scenes a method leaves out (``MethodSpec.skip_scene``)."""
+    for request in methods:
+        by_reason: dict[str, list[str]] = {}
+        for scene_id, reason in request.spec.skipped_scenes(request.params, dataset, scenes).items():
+            by_reason.setdefault(reason, []).append(scene_id)
+        for reason, ids in by_reason.items():
+            print(f"method '{request.key}' skips {len(ids)} scene(s) ({', '.join(ids)}): {reason}")
+
+
+def runnable_scenes(spec: DatasetSpec, scenes: Sequence[str], include_disabled: bool) -> list[str]:
+    """``scenes`` without those upstream disables or cannot run (scene ``status``), each named in a printed
+    line, unless ``include_disabled``."""
+    runnable = spec.runnable_scenes(scenes, include_disabled)
+    for scene_id in scenes:
+        if scene_id not in runnable:
+            scene = spec.scenes[scene_id]
+            print(f"skipping scene '{scene_id}' ({scene.status}: {scene.status_reason}); "
+                  "--include-disabled runs it")
+    return runnable
+
+
 def select_scenes(
-    spec: DatasetSpec, benchmark_id: str | None, scenes_arg: str | None, seeds_arg: int | None
+    spec: DatasetSpec, benchmark_id: str | None, scenes_arg: str | None, seeds_arg: int | None,
+    include_disabled: bool = False,
 ) -> tuple[Benchmark | None, list[str], int, str]:
-    """(benchmark, scene ids, seeds per scene, seed scheme) from --benchmark/--scenes/--seeds and the spec."""
+    """(benchmark, scene ids, seeds per scene, seed scheme) from --benchmark/--scenes/--seeds and the spec.
+
+    Scenes whose ``status`` is not 'ok' are left out with a printed line unless ``include_disabled``.
+    """
     benchmark = spec.benchmarks.get(benchmark_id) if benchmark_id else spec.benchmarks.get("default")
     if benchmark_id and benchmark is None:
         raise CliError(f"--benchmark: '{benchmark_id}' is not in {spec.path}; expected one of "
@@ -88,6 +133,10 @@ def select_scenes(
     for scene in scenes:
         if scene not in spec.scenes:
             raise CliError(f"--scenes: unknown scene '{scene}' in {spec.path}; expected one of {sorted(spec.scenes)}")
+    scenes = runnable_scenes(spec, scenes, include_disabled)
+    if not scenes:
+        raise CliError(f"--scenes: every selected scene of {spec.path} is disabled or broken upstream; "
+                       "expected --include-disabled to run them")
     seeds = seeds_arg or (benchmark.seeds if benchmark else 1)
     scheme = benchmark.seed_scheme if benchmark else "paper"
     return benchmark, scenes, seeds, scheme
@@ -127,17 +176,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import RunError, run_benchmark
 
     spec = resolve_dataset(args.dataset)
-    benchmark, scenes, seeds, scheme = select_scenes(spec, args.benchmark, args.scenes, args.seeds)
-    methods = select_methods(args.methods, parse_params(args.param))
+    benchmark, scenes, seeds, scheme = select_scenes(spec, args.benchmark, args.scenes, args.seeds,
+                                                     args.include_disabled)
+    unavailable: dict[str, str] = {}
+    methods = select_methods(args.methods, parse_params(args.param), spec, unavailable)
     if not methods:
         raise CliError("--methods: no method selected")
+    print_skipped_scenes(methods, spec, scenes)
     out = Path(args.out) if args.out else DEFAULT_RUNS_DIR / f"{spec.name}-{benchmark.id if benchmark else 'custom'}"
     assets = AssetResolver(spec, args.assets)
     try:
         summary = run_benchmark(
             spec, assets, methods, scenes, seeds, out, scheme=scheme,
             benchmark=benchmark.id if benchmark else None, device=args.device,
-            retry_failed=args.retry_failed, quiet=args.quiet,
+            retry_failed=args.retry_failed, quiet=args.quiet, unavailable=unavailable,
         )
     except RunError as err:
         raise CliError(str(err)) from err
@@ -145,17 +197,26 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"(of {summary.planned} planned for this process)")
     for failure in summary.failures:
         print(f"  failed: {failure}")
+    for broken in summary.redone:
+        print(f"  redone (was broken): {broken}")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """bench list: methods, datasets, metrics and runs."""
+    from bench.store import RunStore, StoreError
+
     what = args.what
+    dataset = resolve_dataset(args.dataset) if args.dataset else None
     if what in ("all", "methods"):
-        print("methods:")
+        print(f"methods (on dataset '{dataset.name}'):" if dataset is not None else "methods:")
         for name, spec in registered_methods(plugin_manager()).items():
-            reason = spec.unavailable(spec.defaults)
+            reason = spec.availability(spec.defaults, dataset)
             status = "" if reason is None else f"  [unavailable: {reason.splitlines()[0]}]"
+            if reason is None and dataset is not None:
+                skipped = spec.skipped_scenes(spec.defaults, dataset, dataset.runnable_scenes())
+                if skipped:
+                    status = f"  [skips {len(skipped)} scene(s): {next(iter(skipped.values())).splitlines()[0]}]"
             print(f"  {name:28s} {spec.description}{status}")
     if what in ("all", "datasets"):
         print("datasets:")
@@ -168,7 +229,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     if what in ("all", "runs"):
         print(f"runs (under {args.runs_dir}):")
         for manifest in sorted(Path(args.runs_dir).glob("*/manifest.json")):
-            data = json.loads(manifest.read_text(encoding="utf-8"))
+            try:
+                data = RunStore(manifest.parent).read_manifest()
+            except StoreError as err:  # one unreadable run does not hide the others
+                print(f"  {manifest.parent.name:28s} unreadable: {err}")
+                continue
             images = len(list(manifest.parent.glob("items/*/*/*.png")))
             print(f"  {manifest.parent.name:28s} dataset={data['dataset']['name']} methods="
                   f"{','.join(data['methods'])} images={images}")
@@ -184,7 +249,11 @@ def cmd_check_assets(args: argparse.Namespace) -> int:
         if args.benchmark not in spec.benchmarks:
             raise CliError(f"--benchmark: '{args.benchmark}' is not in {spec.path}")
         scenes = list(spec.benchmarks[args.benchmark].scenes)
-    missing = missing_assets(spec, resolver, scenes)
+    chosen = scenes if scenes is not None else list(spec.scenes)
+    runnable = runnable_scenes(spec, chosen, args.include_disabled)
+    if len(runnable) < len(chosen):
+        scenes = runnable
+    missing = missing_assets(spec, resolver, scenes, open_files=True)  # opens LoRAs and .ckpt safely
     if not missing:
         print(f"{spec.name}: every asset is present under {resolver.root}")
         return 0
@@ -204,6 +273,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             Path(run), _split(args.metrics), params=metric_params, clip_model=args.clip_model,
             clip_weights=args.clip_weights, dino_model=args.dino_model, device=args.device,
             batch_size=args.batch_size, registry=registered_metrics(plugin_manager()), quiet=args.quiet,
+            judge=args.judge,
         )
         print(f"scores written to {out}")
     return 0
@@ -214,7 +284,8 @@ def _calibrate(run: Path, args: argparse.Namespace) -> None:
     from lcbench.calibrate import calibrate
 
     try:
-        summary = calibrate(run, device=args.device, quiet=args.quiet)
+        params = parse_params(getattr(args, "calibration_param", []))
+        summary = calibrate(run, device=args.device, quiet=args.quiet, params=params)
     except RunError as err:
         raise CliError(str(err)) from err
     print(f"{run}: calibration references: {summary.generated} made, {summary.skipped} already there, "
@@ -232,21 +303,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     """bench report: tables, plots and grids for one or more scored runs."""
     from reports import write_report
 
-    index = write_report([Path(r) for r in args.runs], Path(args.out), formats=tuple(_split(args.format) or ["md"]))
+    study = None
+    if args.study:
+        import json
+
+        from lcbench.study.db import StudyDB
+
+        db = StudyDB(args.study)
+        study = {"answers": db.answers(), "runs": json.loads(db.meta().get("runs", "{}"))}
+    index = write_report([Path(r) for r in args.runs], Path(args.out), formats=tuple(_split(args.format) or ["md"]),
+                         aggregation=args.aggregation, pool=args.pool, show_uncalibrated=args.show_uncalibrated,
+                         k=args.k, study=study)
     print(f"report written to {index}")
     return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    """bench dashboard: serve the Streamlit app over the given runs (and study)."""
-    import subprocess
-
-    from lcbench.dashboard.launch import dashboard_command
+    """bench dashboard: serve the Streamlit app over the given runs (and study); SIGTERM/SIGINT stop it."""
+    from lcbench.dashboard.launch import dashboard_command, serve
 
     argv = dashboard_command(
         run_folders(args.runs), Path(args.study) if args.study else None, args.port, address=args.address
     )
-    return subprocess.call(argv)
+    return serve(argv)
 
 
 def cmd_study_create(args: argparse.Namespace) -> int:
@@ -260,7 +339,7 @@ def cmd_study_create(args: argparse.Namespace) -> int:
         run_folders(args.runs), Path(args.out), methods=_split(args.methods),
         questions_per_participant=args.questions, participants=participants, seed=args.seed,
     )
-    print(f"study written to {info.path}")
+    print(f"study written to {info.path} ({info.questions} questions per participant)")
     print(f"admin token: {info.admin_token}")
     print("participant codes: " + ", ".join(info.participant_codes))
     return 0
@@ -302,10 +381,12 @@ def cmd_reference_create(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     spec = resolve_dataset(args.dataset)
-    benchmark, scenes, seeds, scheme = select_scenes(spec, args.benchmark, args.scenes, args.seeds)
-    methods = select_methods(args.methods, parse_params(args.param))
+    benchmark, scenes, seeds, scheme = select_scenes(spec, args.benchmark, args.scenes, args.seeds,
+                                                     args.include_disabled)
+    methods = select_methods(args.methods, parse_params(args.param), spec)
     if not methods:
         raise CliError("--methods: no method selected")
+    print_skipped_scenes(methods, spec, scenes)
     metrics = _split(args.metrics) or list(default_metrics(spec))
     metric_params = parse_params(args.metric_param)
     _check_metrics(metrics, metric_params)
@@ -383,11 +464,14 @@ def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     run.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE")
     run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     run.add_argument("--retry-failed", action="store_true", help="regenerate items recorded as failed")
+    run.add_argument("--include-disabled", action="store_true",
+                     help="also run scenes whose status is disabled-upstream or broken-upstream")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="show methods, datasets, metrics and runs")
     lst.add_argument("what", nargs="?", default="all", choices=["all", "methods", "datasets", "metrics", "runs"])
     lst.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR))
+    lst.add_argument("--dataset", help="say which methods are available on this dataset (name or spec file)")
     lst.set_defaults(func=cmd_list)
 
     chk = sub.add_parser("check-assets", help="list missing dataset files and where they are expected")
@@ -395,6 +479,8 @@ def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     chk.add_argument("--assets", help="asset root")
     chk.add_argument("--benchmark")
     chk.add_argument("--scenes")
+    chk.add_argument("--include-disabled", action="store_true",
+                     help="also check scenes whose status is disabled-upstream or broken-upstream")
     chk.set_defaults(func=cmd_check_assets)
 
     score = sub.add_parser("score", help="score a run (resumable)")
@@ -407,6 +493,9 @@ def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     score.add_argument("--clip-weights", help="local weights file of the CLIP model (default: the dataset's "
                        "evaluation.clip_weights when the model is the dataset's)")
     score.add_argument("--dino-model", default="builtin:random-dino", help="local DINOv2 folder")
+    score.add_argument("--judge", help="box judge of vanishing/confusion (default: the dataset's "
+                       "evaluation.classifier), e.g. detector=owlv2:DIR,identity=dino:DIR (metrics/judges/spec.py); "
+                       "with it, vanishing and confusion are among the default metrics")
     score.add_argument("--device", default="cpu")
     score.add_argument("--batch-size", type=positive_int, default=16)
     score.add_argument("--no-calibrate", action="store_true",
@@ -416,12 +505,24 @@ def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     calibrate = sub.add_parser("calibrate", help="make a run's calibration references (bench score does it first)")
     calibrate.add_argument("runs", nargs="+")
     calibrate.add_argument("--device", default="cpu")
+    calibrate.add_argument("--param", dest="calibration_param", action="append", default=[],
+                           metavar="REFERENCE.KEY=VALUE", help="e.g. ref-floor-base.steps=20")
     calibrate.set_defaults(func=cmd_calibrate)
 
     report = sub.add_parser("report", help="write tables, plots and grids")
     report.add_argument("runs", nargs="+")
     report.add_argument("--format", default="md", help="comma-separated: md, latex, csv")
     report.add_argument("--out", default="reports_out")
+    report.add_argument("--aggregation", default="bench", choices=["bench", "upstream"],
+                        help="bench: regions -> image -> scene -> style (default); upstream: the official "
+                        "evaluation's mean per concept role over images, then over all roles and layouts")
+    report.add_argument("--pool", action="store_true", help="pool runs that hold the same method key into one row")
+    report.add_argument("--show-uncalibrated", action="store_true",
+                        help="keep the columns of metrics that fail the calibration check (marked)")
+    report.add_argument("--k", type=float, default=3.0,
+                        help="calibration check: each gap must reach k seed standard deviations (default 3)")
+    report.add_argument("--study", help="a study folder (bench study create): adds each metric's rank "
+                        "correlation with its ratings")
     report.set_defaults(func=cmd_report)
 
     dash = sub.add_parser("dashboard", help="serve the Streamlit dashboard")
@@ -436,7 +537,8 @@ def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     create.add_argument("runs", nargs="+")
     create.add_argument("--out", required=True)
     create.add_argument("--methods")
-    create.add_argument("--questions", type=positive_int, default=60)
+    create.add_argument("--questions", type=positive_int, default=None,
+                        help="questions per participant (default: every usable image, at most 60)")
     create.add_argument("--participants", default="25", help="a number of participants or comma-separated codes")
     create.add_argument("--seed", type=int, default=0)
     create.set_defaults(func=cmd_study_create)
@@ -452,6 +554,8 @@ def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     rcreate.add_argument("--benchmark", help="benchmark id of the spec (default: 'default' if present)")
     rcreate.add_argument("--methods", required=True, help="comma-separated method names")
     rcreate.add_argument("--scenes", help="comma-separated scene ids (default: the benchmark's)")
+    rcreate.add_argument("--include-disabled", action="store_true",
+                         help="also measure scenes whose status is disabled-upstream or broken-upstream")
     rcreate.add_argument("--seeds", type=positive_int, help="seeds per scene that `bench check` reruns")
     rcreate.add_argument("--replicates", type=positive_int, default=5,
                          help="subsets of --seeds fresh seeds per scene measured for the spread (>= 2)")

@@ -47,7 +47,7 @@ from typing import Any
 from bench.assets import AssetResolver
 from bench.methods import MethodSpec
 from bench.runner import MethodRequest, RunSummary, build_manifest, run_benchmark
-from bench.spec import SEED_SCHEMES, DatasetSpec
+from bench.spec import SEED_SCHEMES, DatasetSpec, quote_value
 from bench.store import atomic_write_json
 
 FORMAT = "lcbench-reference/1"
@@ -200,9 +200,21 @@ def load_reference(path: str | Path) -> dict[str, Any]:
         raise ReferenceFileError(f"{file}: no such reference file; make one with `bench reference create`") from err
     except json.JSONDecodeError as err:
         raise ReferenceFileError(f"{file}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from err
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        column = err.start - (err.object.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ReferenceFileError(
+            f"{file}: line {line}, column {column}: expected UTF-8 JSON text ({err.reason}) "
+            f"(got {quote_value(err.object[err.start : err.start + 1])})"
+        ) from err
+    except RecursionError as err:
+        raise ReferenceFileError(f"{file}: expected JSON nested a few levels deep (it nests too deeply)") from err
+    except OSError as err:  # a folder, no permission, ...
+        raise ReferenceFileError(f"{file}: expected a readable reference file ({type(err).__name__}: "
+                                 f"{err.strerror or err})") from err
 
     def fail(where: str, expected: str, got: Any = ...) -> ReferenceFileError:
-        got_text = "" if got is ... else f" (got {got!r})"
+        got_text = "" if got is ... else f" (got {quote_value(got)})"
         return ReferenceFileError(f"{file}: field '{where}': expected {expected}{got_text}")
 
     def need(mapping: Any, key: str, where: str, kind: type | tuple[type, ...], expected: str) -> Any:

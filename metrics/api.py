@@ -9,9 +9,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 from PIL import Image
 
 from bench.spec import Scene
+from metrics.box_judge import BoxJudge, BoxQuery, BoxVerdict, ConceptCard, confused, vanished
 
 if TYPE_CHECKING:
     from metrics.context import ScoreContext
+
+__all__ = [
+    "CONVENTION_FIELDS", "BoxJudge", "BoxQuery", "BoxVerdict", "ConceptCard", "Metric", "MetricSpec", "ScoreItem",
+    "confused", "vanished",
+]
 
 # The convention fields every score row carries and every report header prints (anchors.md §1.2).
 CONVENTION_FIELDS = (
@@ -25,30 +31,6 @@ CONVENTION_FIELDS = (
     "pairing",
     "text",
 )
-
-
-class BoxReading(Protocol):
-    """What a box judge sees in one box: ``shape`` is ``'none'`` when the box holds no object."""
-
-    shape: str
-    colour: str
-    texture: str
-
-
-class BoxJudge(Protocol):
-    """Reads what is inside boxes of an image (the vanishing and confusion metrics take any such judge).
-
-    ``ref``/``weights`` identify it, ``preprocess``/``crop`` describe what it sees, for the conventions.
-    """
-
-    ref: str
-    weights: str
-    preprocess: str
-    crop: str
-
-    def read(self, image: Image.Image, boxes: Sequence[Sequence[float]]) -> Sequence[BoxReading]:
-        """One reading per pixel box ``(x0, y0, x1, y1)``."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -65,7 +47,9 @@ class ScoreItem:
 class Metric(Protocol):
     """A ready metric: parameters fixed, models resolved through the score context."""
 
-    kind: str  # "I" (image alignment), "T" (text alignment), "V" / "C" (vanishing / confusion rate): its Table 1 column
+    # "I" (image alignment), "T" (text alignment), "V" / "C" (vanishing / confusion rate): its Table 1 column;
+    # "A": agreement of two box judges (a check of a judge, not a score of the methods)
+    kind: str
 
     def conventions(self, ctx: ScoreContext) -> dict[str, Any]:
         """The values of :data:`CONVENTION_FIELDS` (and any more) that define this score."""
@@ -83,7 +67,8 @@ class Metric(Protocol):
 class MetricSpec:
     """A registered metric: name, defaults, how to make it (``create(params)``) and the models it needs.
 
-    ``needs`` names the score context's resources (``clip``, ``dino``, ``box_judge``) the metric reads;
+    ``needs`` names the score context's resources (``clip``, ``dino``, ``box_judge``, ``dataset_judge``) the
+    metric reads;
     ``bench score`` loads them before the first image, so a missing model fails before any work.
     ``higher_is_better`` gives the metric's direction (normalized columns and "best" marks follow it);
     ``percent`` says the values are 0/1 rates that tables show in percent; ``decimals`` is how many

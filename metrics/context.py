@@ -5,17 +5,18 @@ reference file (and its mask), so rescoring a run, or scoring another run of the
 the same cache folder, never re-embeds a reference image.
 
 The CLIP model and weights not given explicitly come from the spec's ``evaluation`` section
-(:func:`clip_choice`), else the random-weight ``builtin:random-clip``. Every model comes through the
-front door (:func:`bench.models.create`), loaded on first use: a metric declares which it needs
-(``MetricSpec.needs``) and reads it with :meth:`ScoreContext.resource`.
+(:func:`clip_choice`), else the random-weight ``builtin:random-clip``. The box judge is the one asked for
+(``bench score --judge``, see :mod:`metrics.judges.spec`), else the spec's ``evaluation.classifier``.
+Every model comes through the front door (:func:`bench.models.create`), loaded on first use: a metric
+declares which it needs (``MetricSpec.needs``) and reads it with :meth:`ScoreContext.resource`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from PIL import Image
@@ -28,7 +29,9 @@ from bench.store import atomic_write_bytes
 from metrics.crops import reference_view
 from metrics.models import RANDOM_CLIP, RANDOM_DINO, ClipEmbedder, DinoEmbedder, file_hash
 
-RESOURCES = ("clip", "dino", "box_judge")
+RESOURCES = ("clip", "dino", "box_judge", "dataset_judge")
+MEMO_SIZE = 512  # results kept by ScoreContext.memo (more than one scoring batch of images)
+T = TypeVar("T")
 
 
 class Embedder(Protocol):
@@ -80,8 +83,10 @@ class ScoreContext:
         dino_model: str | Path = RANDOM_DINO,
         device: str = "cpu",
         cache_dir: Path | None = None,
+        judge: str | None = None,
     ):
         self.spec = spec
+        self.judge = judge
         self.references = references
         self.clip_model, self.clip_weights = clip_choice(spec, clip_model, clip_weights)
         self.dino_model = dino_model
@@ -89,6 +94,7 @@ class ScoreContext:
         self.cache_dir = cache_dir
         self._embedders: dict[str, Any] = {}
         self._refs: dict[tuple[str, str, str], torch.Tensor] = {}
+        self._memo: dict[tuple[Any, ...], Any] = {}
         self.reference_embeds = 0  # reference images actually run through a model (cache misses)
 
     def clip(self) -> ClipEmbedder:
@@ -104,23 +110,44 @@ class ScoreContext:
         return self._embedders["dino"]
 
     def box_judge(self) -> Any:
-        """The spec's box judge (``evaluation.classifier``: a built-in or a weights file), loaded on first use."""
+        """The box judge asked for (``judge``), else the spec's (``evaluation.classifier``); loaded on first use."""
+        if self.judge is None:
+            return self.dataset_judge()
         if "box_judge" not in self._embedders:
+            from metrics.judges.spec import build_judge
+
+            self._embedders["box_judge"] = build_judge(self.judge, self, where="--judge")
+        return self._embedders["box_judge"]
+
+    def dataset_judge(self) -> Any:
+        """The spec's box judge (``evaluation.classifier``: a built-in or a weights file), loaded on first use."""
+        if "dataset_judge" not in self._embedders:
             ref = self.spec.evaluation.classifier
             where = f"{self.spec.path}: field 'evaluation.classifier'"
             if ref is None:
                 raise ValueError(
                     f"{where}: expected a per-box judge such as 'builtin:toy-classifier' (the vanishing and "
-                    "confusion metrics need one; the spec has no evaluation.classifier)"
+                    "confusion metrics need one; the spec has no evaluation.classifier, and no --judge was given)"
                 )
-            self._embedders["box_judge"] = create(self.spec.resolve_ref(ref), "box_judge", where=where)
-        return self._embedders["box_judge"]
+            self._embedders["dataset_judge"] = create(self.spec.resolve_ref(ref), "box_judge", where=where)
+        return self._embedders["dataset_judge"]
 
     def resource(self, name: str) -> Any:
-        """A model a metric declared it needs (``clip``, ``dino`` or ``box_judge``), loaded on first use."""
+        """A model a metric declared it needs (``clip``, ``dino``, ``box_judge``, ``dataset_judge``), loaded once."""
         if name not in RESOURCES:
             raise ValueError(f"metric resource '{name}': expected one of {list(RESOURCES)}")
-        return {"clip": self.clip, "dino": self.dino, "box_judge": self.box_judge}[name]()
+        loaders = {"clip": self.clip, "dino": self.dino, "box_judge": self.box_judge,
+                   "dataset_judge": self.dataset_judge}
+        return loaders[name]()
+
+    def memo(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+        """``compute()``, remembered under ``key`` for the next calls (the last :data:`MEMO_SIZE` keys):
+        metrics that read the same model output of an image (vanishing and confusion) compute it once."""
+        if key not in self._memo:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def concept(self, concept_id: str) -> Concept:
         """The spec's concept by id."""

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from bench.models import ImageModel, ImageTextModel, ModelError, create
+from bench.safeload import WeightsFileError, error_text, load_weights_only
 
 RANDOM_CLIP = "builtin:random-clip"
 RANDOM_DINO = "builtin:random-dino"
@@ -52,14 +53,42 @@ def load_open_clip(ref: str, *, where: str, weights: str | Path | None = None, r
             f"{where}: CLIP weights '{weights}': expected a local .pt/.bin/.safetensors file for open_clip model "
             f"'{ref}' (the bench never downloads weights)"
         )
-    try:
-        net, _, preprocess = open_clip.create_model_and_transforms(ref, pretrained=str(weights))
-    except RuntimeError as err:
+    if ref not in open_clip.list_models():
         raise ModelError(
             f"{where}: CLIP model '{ref}': expected an open_clip model name such as 'ViT-B-32-quickgelu' "
             "(see open_clip.list_models()) or a built-in CLIP such as builtin:toy-clip"
+        )
+    _check_weights_file(Path(weights), where)
+    try:
+        net, _, preprocess = open_clip.create_model_and_transforms(ref, pretrained=str(weights))
+    except Exception as err:  # open_clip raises RuntimeError, KeyError, AttributeError, ... on foreign files
+        raise ModelError(
+            f"{where}: CLIP weights '{weights}': expected the weights of open_clip model '{ref}' "
+            f"({error_text(err)})"
         ) from err
     return ImageTextModel(net, preprocess, open_clip.get_tokenizer(ref), ref, f"sha256:{file_hash(weights)}")
+
+
+def _check_weights_file(path: Path, where: str) -> None:
+    """Open a CLIP weights file safely before open_clip does: a file that carries code, or a broken one, is
+    refused with its name (torch files through ``torch.load(weights_only=True)``; nothing in them is run)."""
+    if path.suffix.lower() in (".npz", ".npy"):  # big_vision weights: numpy reads them without pickle
+        return
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu"):
+                pass
+        except Exception as err:  # SafetensorError, OSError: a broken header
+            raise ModelError(f"{where}: CLIP weights '{path}': expected a readable .safetensors file "
+                             f"({error_text(err)})") from err
+        return
+    try:
+        load_weights_only(path, mmap=True)
+    except WeightsFileError as err:
+        expected = "a state dict of plain tensors" if err.carries_code else "a readable torch weights file"
+        raise ModelError(f"{where}: CLIP weights '{path}': expected {expected}; {err.reason}") from err
 
 
 def load_dino_folder(ref: str, *, where: str) -> ImageModel:

@@ -2,7 +2,8 @@
 
 Names say what they compute; ``@official`` variants reproduce the Mix-of-Show / LoRA-Composer
 evaluation scripts (anchors.md §0.1, §1.2) so that published numbers can be checked. ``vanishing`` and
-``confusion`` need a per-box classifier named by the dataset (``evaluation.classifier``).
+``confusion`` need a box judge: the dataset's (``evaluation.classifier``) or ``bench score --judge``
+(a detector and/or a similarity judge, :mod:`metrics.judges`), which are registered here too.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def _box(name: str) -> Any:
     return create
 
 
+def _judge_agreement(params: Mapping[str, Any]) -> Any:
+    from metrics.box_concepts import JudgeAgreement
+
+    return JudgeAgreement("judge_agreement")
+
+
 def builtin_metrics() -> list[MetricSpec]:
     """CLIP-I, CLIP-T (default and official variants), DINO, vanishing and confusion."""
     image_defaults: Mapping[str, Any] = {
@@ -71,7 +78,9 @@ def builtin_metrics() -> list[MetricSpec]:
         MetricSpec(
             "clip_i@official",
             "CLIP-I as the official Mix-of-Show / LoRA-Composer script computes it: "
-            "resize + center crop, max(cos, 0), against the first reference in sorted file-name order only",
+            "resize + center crop, max(cos, 0), against the first reference in sorted file-name order only "
+            "(upstream takes the first file os.listdir returns: unsorted filesystem order, image suffixes "
+            "matched case-sensitively, so its 'first reference' can differ from ours)",
             _image("clip_i@official", "clip"),
             {"crop_mode": "center_crop", "pairing": "first_ref", "scale": 1.0, "clip0": True},
             needs=("clip",),
@@ -108,8 +117,8 @@ def builtin_metrics() -> list[MetricSpec]:
         ),
         MetricSpec(
             "vanishing",
-            "concept vanishing: 1 per box whose classifier reading is empty or has a shape/colour other than "
-            "the concept's attributes, else 0 (needs the dataset's evaluation.classifier)",
+            "concept vanishing: 1 per box where the box judge finds no object of the concept, else 0 (the "
+            "dataset's evaluation.classifier, or bench score --judge; the conventions give the judge's rule)",
             _box("vanishing"),
             needs=("box_judge",),
             higher_is_better=False,
@@ -118,11 +127,20 @@ def builtin_metrics() -> list[MetricSpec]:
         ),
         MetricSpec(
             "confusion",
-            "concept confusion: 1 per box that shows a shape/colour of another concept of the scene which "
-            "the box's own concept does not share, else 0 (needs the dataset's evaluation.classifier)",
+            "concept confusion: 1 per box the box judge says shows another concept of the scene, else 0 (the "
+            "dataset's evaluation.classifier, or bench score --judge; the conventions give the judge's rule)",
             _box("confusion"),
             needs=("box_judge",),
             higher_is_better=False,
+            percent=True,
+            decimals=1,
+        ),
+        MetricSpec(
+            "judge_agreement",
+            "box-judge check: 1 per box where the --judge and the dataset's evaluation.classifier give the same "
+            "vanishing and confusion verdicts, else 0 (a check of the judge, not a score of the methods)",
+            _judge_agreement,
+            needs=("box_judge", "dataset_judge"),
             percent=True,
             decimals=1,
         ),
@@ -147,10 +165,36 @@ def _dino_loader(ref: str, **options: Any) -> Any:
     return load_dino_folder(ref, **options)
 
 
+def _detector(kind: str) -> Any:
+    def build(**options: Any) -> Any:
+        from metrics.judges.detectors import detector_judge
+
+        return detector_judge(kind, **options)
+
+    return build
+
+
+def _similarity(backbone: str) -> Any:
+    def build(**options: Any) -> Any:
+        from metrics.judges.similarity import similarity_judge
+
+        return similarity_judge(backbone, **options)
+
+    return build
+
+
 @hookimpl
 def bench_models() -> list[ModelSource]:
-    """Loaders of local scoring models: open_clip CLIPs (name + weights file) and DINOv2 folders."""
+    """Loaders of local scoring models (open_clip CLIPs, DINOv2 folders) and the box judges for real images."""
     return [
         ModelSource("clip", _clip_loader, description="an open_clip model name with a local weights file"),
         ModelSource("dino", _dino_loader, description="a local DINOv2 folder (save_pretrained layout)"),
+        ModelSource("box_judge", _detector("owlv2"), "owlv2",
+                    "presence by OWLv2 detection of the class name (weights=local model+processor folder)"),
+        ModelSource("box_judge", _detector("grounding-dino"), "grounding-dino",
+                    "presence by Grounding DINO detection of the class name (weights=local model+processor folder)"),
+        ModelSource("box_judge", _similarity("dino"), "dino-similarity",
+                    "identity by DINOv2 similarity of the box to each scene concept's references (embedder=...)"),
+        ModelSource("box_judge", _similarity("clip"), "clip-similarity",
+                    "identity by CLIP similarity of the box to each scene concept's references (embedder=...)"),
     ]

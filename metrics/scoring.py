@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from tqdm import tqdm
 
 from bench.spec import DatasetSpec
@@ -22,13 +21,14 @@ from metrics.context import ReferenceSource, ScoreContext
 from metrics.models import RANDOM_DINO
 
 DEFAULT_METRICS = ("clip_i", "clip_t", "clip_i@official", "clip_t@official")
-CLASSIFIER_METRICS = ("vanishing", "confusion")  # added to the defaults when the spec names a classifier
+CLASSIFIER_METRICS = ("vanishing", "confusion")  # added to the defaults when there is a box judge
 
 
-def default_metrics(spec: DatasetSpec) -> tuple[str, ...]:
-    """The metrics ``bench score`` computes when none are named: the CLIP four, plus the box-classifier
-    metrics when the spec's ``evaluation.classifier`` is set."""
-    return DEFAULT_METRICS + (CLASSIFIER_METRICS if spec.evaluation.classifier is not None else ())
+def default_metrics(spec: DatasetSpec, judge: str | None = None) -> tuple[str, ...]:
+    """The metrics ``bench score`` computes when none are named: the CLIP four, plus vanishing and confusion
+    when there is a box judge (``judge``, i.e. ``--judge``, or the spec's ``evaluation.classifier``)."""
+    judged = judge is not None or spec.evaluation.classifier is not None
+    return DEFAULT_METRICS + (CLASSIFIER_METRICS if judged else ())
 
 
 class ScoreError(RuntimeError):
@@ -58,13 +58,13 @@ def _check_conventions(scores: ScoreStore, metric_key: str, conventions: dict[st
             )
 
 
-def _load_item(record: ItemRecord, scenes: Mapping[str, Any]) -> ScoreItem:
-    assert record.image is not None
-    with Image.open(record.image) as image:
-        image.load()
-        return ScoreItem(
-            record.key.method, scenes[record.key.scene], record.key.index, record.seed, image.convert("RGB")
-        )
+def _load_item(record: ItemRecord, scenes: Mapping[str, Any], store: RunStore) -> ScoreItem:
+    """The item's scene and decoded image; a broken image raises StoreError naming its file."""
+    if record.key.scene not in scenes:
+        raise ScoreError(f"{store.record_path(record.key)}: field 'scene': expected a scene of {store.spec_path} "
+                         f"(got {record.key.scene!r})")
+    image = store.load_image(record)
+    return ScoreItem(record.key.method, scenes[record.key.scene], record.key.index, record.seed, image)
 
 
 def score_run(
@@ -81,12 +81,14 @@ def score_run(
     references: ReferenceSource | None = None,
     registry: Mapping[str, MetricSpec] | None = None,
     quiet: bool = False,
+    judge: str | None = None,
 ) -> Path:
     """Score the run's finished images with each metric; return the scores folder (``RUN/scores``).
 
     ``params`` maps a metric name to parameter overrides (e.g. ``{"clip_i": {"crop_mode": "mask_grey"}}``).
     ``metric_names`` defaults to :func:`default_metrics` of the run's spec; ``clip_model`` / ``clip_weights``
-    default to the spec's ``evaluation`` section, else ``builtin:random-clip``.
+    default to the spec's ``evaluation`` section, else ``builtin:random-clip``. ``judge`` (``--judge``, see
+    :mod:`metrics.judges.spec`) is the box judge of vanishing/confusion, else the spec's ``evaluation.classifier``.
     ``references`` defaults to ``bench.assets.AssetResolver`` on the manifest's dataset.
     """
     store = RunStore(run_dir)
@@ -105,12 +107,13 @@ def score_run(
         dino_model=dino_model,
         device=device,
         cache_dir=cache_dir if cache_dir is not None else scores.reference_cache,
+        judge=judge,
     )
     metrics = _registry(registry)
     records = [r for r in store.records() if r.ok and r.image is not None]
     # 1. Resolve every metric and check its conventions against scores already on disk.
     plans: list[tuple[Metric, str, set[str]]] = []
-    for name in metric_names or default_metrics(spec):
+    for name in metric_names or default_metrics(spec, judge):
         if name not in metrics:
             raise ScoreError(f"metric '{name}': expected one of {sorted(metrics)}")
         mspec = metrics[name]
@@ -130,7 +133,7 @@ def score_run(
     with tqdm(total=total, desc="score", unit="score", disable=quiet) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            items = {r.key.relative: _load_item(r, spec.scenes) for r in batch}
+            items = {r.key.relative: _load_item(r, spec.scenes, store) for r in batch}
             for metric, metric_key, pending in plans:
                 mine = [r for r in batch if r.key.relative in pending]
                 if not mine:

@@ -77,6 +77,7 @@ class Controller:
     stop_at: str | None = None
     store: MapStore = field(default_factory=MapStore)
     _geometry: dict[tuple[int, int], Geometry] = field(default_factory=dict)
+    _by_level: dict[int, Geometry] = field(default_factory=dict)
 
     @property
     def num_regions(self) -> int:
@@ -93,10 +94,13 @@ class Controller:
 
     def geometry(self, level: int) -> Geometry:
         """The box layout at a level, built on first use."""
-        h, w = self.grid(level)
-        if (h, w) not in self._geometry:
-            self._geometry[(h, w)] = build_geometry(self.boxes, h, w, self.region_mask, self.device)
-        return self._geometry[(h, w)]
+        geometry = self._by_level.get(level)
+        if geometry is None:
+            h, w = self.grid(level)
+            if (h, w) not in self._geometry:
+                self._geometry[(h, w)] = build_geometry(self.boxes, h, w, self.region_mask, self.device)
+            geometry = self._by_level[level] = self._geometry[(h, w)]
+        return geometry
 
     @property
     def device(self) -> torch.device:

@@ -12,6 +12,7 @@ from diffusers.models.attention_processor import Attention
 
 from bench.layers import attention_level, cross_attention_layers
 from regions.controller import Controller, LayerCache, StopForward
+from regions.geometry import AttentionGroup
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -53,7 +54,12 @@ class _Processor:
 
 
 class SelfAttnProcessor(_Processor):
-    """Self-attention with the concept region mask; explicit probabilities only where stored maps need them."""
+    """Self-attention with the concept region mask; explicit probabilities only where stored maps need them.
+
+    The mask is applied by attending each query group of :attr:`regions.geometry.Geometry.groups` to its
+    allowed keys with fused attention (no dense ``[N, N]`` mask); the explicit path (stored maps at the
+    map level) masks the full score matrix, as upstream does.
+    """
 
     def __call__(
         self,
@@ -65,23 +71,36 @@ class SelfAttnProcessor(_Processor):
     ) -> torch.Tensor:
         """Masked self-attention of ``hidden_states`` ``[B, N, C]``."""
         ctl = self.controller
-        q = _heads(attn.to_q(hidden_states), attn.heads)
-        k = _heads(attn.to_k(hidden_states), attn.heads)
-        v = _heads(attn.to_v(hidden_states), attn.heads)
+        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         geo = ctl.geometry(self.level) if ctl.region_mask and ctl.num_regions else None
-        allowed = geo.allowed if geo is not None else None
         if ctl.store_self and self.at_map_level:
+            q, k, v = (_heads(x, attn.heads) for x in (query, key, value))
             scores = (q @ k.transpose(-1, -2)) * attn.scale
+            allowed = geo.allowed if geo is not None else None
             if allowed is not None:
                 scores = scores.masked_fill(~allowed, float("-inf"))
             probs = scores.softmax(dim=-1)
             _accumulate_self(ctl, probs)
-            out = probs @ v
+            out = _merge_heads(probs @ v)
+        elif geo is None or geo.groups is None:
+            out = _merge_heads(F.scaled_dot_product_attention(
+                _heads(query, attn.heads), _heads(key, attn.heads), _heads(value, attn.heads), scale=attn.scale))
         else:
-            bias = geo.bias(q.dtype) if geo is not None else None
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
-        out = attn.to_out[0](_merge_heads(out).to(q.dtype))
+            out = _grouped_attention(query, key, value, geo.groups, geo.group_order, attn.heads, attn.scale)
+        out = attn.to_out[0](out.to(query.dtype))
         return self._finish(attn, out, hidden_states)
+
+
+def _grouped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, groups: list[AttentionGroup],
+                       order: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+    """Each group's queries attend to its allowed keys (fused SDPA); ``[B, N, C]`` in cell order."""
+    parts = []
+    for group in groups:
+        keys = key if group.keys is None else key[:, group.keys]
+        values = value if group.keys is None else value[:, group.keys]
+        parts.append(_merge_heads(F.scaled_dot_product_attention(
+            _heads(query[:, group.queries], heads), _heads(keys, heads), _heads(values, heads), scale=scale)))
+    return torch.cat(parts, dim=1)[:, order]
 
 
 class CrossAttnProcessor(_Processor):
@@ -115,32 +134,37 @@ class CrossAttnProcessor(_Processor):
 
     def _inject_regions(self, attn: Attention, q: torch.Tensor, out: torch.Tensor, cache: LayerCache
                         ) -> torch.Tensor:
+        """Overwrite the in-box cells with each region's own attention output, batched across regions."""
         ctl = self.controller
         geo = ctl.geometry(self.level)
-        if geo.selected.numel() == 0 and not (ctl.store_cross and self.at_map_level):
+        store = ctl.store_cross and self.at_map_level
+        if geo.selected.numel() == 0 and not store:
             return out
         region_k, region_v = ctl.branch(cache.region_k), ctl.branch(cache.region_v)  # [B, H, R, T, d]
-        if ctl.store_cross and self.at_map_level:
+        b, heads, regions, tokens, d = region_k.shape
+        longest = geo.padded.shape[1]
+        if store:
             scores = torch.einsum("bhnd,bhrtd->bhrnt", q, region_k) * attn.scale
             probs = scores.softmax(dim=-1)  # the full-image map of every region
             _accumulate_cross(ctl, probs)
-            parts = [probs[:, :, r, ix] @ region_v[:, :, r] for r, ix in enumerate(geo.indices)]
+            if geo.selected.numel() == 0:
+                return out
+            index = geo.padded[None, None, :, :, None].expand(b, heads, regions, longest, tokens)
+            padded = torch.gather(probs, 3, index) @ region_v  # [B, H, R, M_max, d]
         else:
-            parts = [
-                F.scaled_dot_product_attention(q[:, :, ix], region_k[:, :, r], region_v[:, :, r], scale=attn.scale)
-                for r, ix in enumerate(geo.indices)
-            ]
-        if geo.selected.numel() == 0:
-            return out
-        hidden = _merge_heads(torch.cat(parts, dim=2)).to(q.dtype)  # [B, M, C]
+            queries = q[:, :, geo.padded].reshape(b, heads * regions, longest, d)
+            padded = F.scaled_dot_product_attention(
+                queries, region_k.reshape(b, heads * regions, tokens, d),
+                region_v.reshape(b, heads * regions, tokens, d), scale=attn.scale)
+        hidden = padded.reshape(b, heads, regions * longest, d)[:, :, geo.unpad]  # [B, H, M, d]
+        hidden = _merge_heads(hidden).to(q.dtype)  # [B, M, C]
         weight = cache.out_weight if cache.out_weight is not None else attn.to_out[0].weight
         bias = cache.out_bias if cache.out_weight is not None else attn.to_out[0].bias
         region_out = F.linear(hidden, weight, bias)
         if cache.out_down is not None:
             low = hidden @ cache.out_down.T  # [B, M, R*rank]
-            own = (torch.arange(low.shape[-1], device=low.device) // cache.rank)[None, :] == geo.region_of[:, None]
-            region_out = region_out + (low * own) @ cache.out_up
-        region_out = region_out * geo.share[None, :, None].to(region_out.dtype)
+            region_out = region_out + (low * geo.owner_mask(cache.rank)) @ cache.out_up
+        region_out = region_out * geo.share_as(region_out.dtype)
         return out.masked_fill(geo.covered[None, :, None], 0).index_add(1, geo.selected, region_out)
 
 

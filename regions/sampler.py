@@ -22,8 +22,9 @@ from diffusers import UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from bench.boxes import Box
-from bench.layers import layers_at_level
+from bench.layers import attention_level, cross_attention_layers, layers_at_level
 from regions.controller import Controller, LayerCache, StopForward
+from regions.geometry import empty_boxes
 from regions.processors import region_processors
 
 ADAPTER_STEPS = ("all", "guided")
@@ -142,6 +143,20 @@ class RegionSampler:
             cross_map = cross_map.view(self.regions, h, w, -1)
         return cross_map, ctl.store.self_mean()
 
+    def empty_boxes(self, latent_hw: tuple[int, int]) -> list[dict[str, Any]]:
+        """Boxes with no cell on an attention grid they are injected at, or on the map grid.
+
+        Such a region reads the global prompt at that layer (injection) or has no map, hence no loss
+        and no re-initialization (map grid), as upstream; the log lists them so that no one mistakes
+        it for the method at work.
+        """
+        unet, level = self.unet, self.settings.map_level
+        levels = {attention_level(unet, name) for name in cross_attention_layers(unet)} | {level}
+        return [
+            {"region": e.region, "grid_hw": list(e.grid_hw), "level": e.level, "map_grid": e.level == level}
+            for e in empty_boxes(self.layout.boxes, latent_hw, sorted(levels))
+        ]
+
     def __call__(self, noise: torch.Tensor) -> SampleResult:
         """Sample from ``noise`` ``[1, 4, h, w]``; returns the final latents and the log."""
         cfg = self.settings
@@ -155,7 +170,7 @@ class RegionSampler:
             region_mask=cfg.region_mask,
             map_level=cfg.map_level,
         )
-        log: dict[str, Any] = {"adapter_steps": []}
+        log: dict[str, Any] = {"adapter_steps": [], "empty_boxes": self.empty_boxes(self.controller.latent_hw)}
         with region_processors(self.unet, self.controller), frozen(self.unet):
             timesteps = self.scheduler.timesteps
             if self.guidance is not None:

@@ -1,4 +1,4 @@
-"""Bar plots of metric means per method with 95 % confidence intervals (matplotlib, no display needed)."""
+"""Bar plots of one metric per row (methods, then references) with 95 % intervals (matplotlib, no display)."""
 
 from __future__ import annotations
 
@@ -8,31 +8,42 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
-from reports.tables import image_scores  # noqa: E402
+from reports.aggregate import image_scores  # noqa: E402,F401 - kept importable from here
+from reports.tables import ScoreTable  # noqa: E402
 
-Z95 = 1.959964
-
-
-def mean_ci(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per method: mean of the image scores, and the half-width of a normal 95 % CI (1.96 x SEM)."""
-    scores = image_scores(df, metric).groupby("method")["value"]
-    out = pd.DataFrame({"mean": scores.mean(), "n": scores.count(), "std": scores.std(ddof=1)})
-    out["ci95"] = Z95 * out["std"].fillna(0.0) / np.sqrt(out["n"])
-    return out
+METHOD_COLOUR = "#4C78A8"
+REFERENCE_COLOUR = "#9D9D9D"
 
 
-def bar_plot(df: pd.DataFrame, metric: str, path: Path) -> Path:
-    """Write a bar plot of ``metric`` per method with 95 % CI error bars to ``path`` (PNG)."""
-    stats = mean_ci(df, metric)
-    fig, ax = plt.subplots(figsize=(max(3.0, 1.0 + 0.8 * len(stats)), 3.2), dpi=100)
-    ax.bar(stats.index, stats["mean"], yerr=stats["ci95"], capsize=4, color="#4C78A8")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric}: mean over images, 95% CI (1.96 SEM)", fontsize=9)
-    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+def bar_figure(table: ScoreTable, column: str) -> Figure:
+    """A bar per row of ``table`` for ``column`` with its interval; references grey, random-weight rows hatched."""
+    col = table.column(column)
+    values = table.mean[column]
+    errors = table.ci95[column].fillna(0.0)
+    labels = [str(r[-1] if isinstance(r, tuple) else r) for r in values.index]
+    fig, ax = plt.subplots(figsize=(max(3.0, 1.0 + 0.55 * len(values)), 3.2), dpi=100)
+    for i, row in enumerate(values.index):
+        key = row[-1] if isinstance(row, tuple) else row
+        ref = table.is_reference(row)
+        random = bool(table.rows.loc[key, "random_weights"])
+        ax.bar(i, 0.0 if pd.isna(values[row]) else values[row], yerr=errors[row], capsize=3,
+               color=REFERENCE_COLOUR if ref else METHOD_COLOUR, hatch="//" if random else None,
+               edgecolor="white" if random else None)
+    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=7)
+    unit = " (%)" if col.info.percent and not col.normalized else ""
+    ax.set_ylabel(f"{col.id}{unit} {col.arrow}")
+    ax.set_title(f"{col.id} ({col.metric}): mean ± 95% interval, {table.aggregation} aggregation\n"
+                 "grey: references, hatched: random-weight images", fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def bar_plot(table: ScoreTable, column: str, path: Path) -> Path:
+    """Write :func:`bar_figure` to ``path`` (PNG)."""
+    fig = bar_figure(table, column)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

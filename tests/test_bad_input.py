@@ -95,4 +95,7 @@ def test_pth_carrying_pickled_code_is_refused(dataset, tmp_path, capsys):
     torch.save({"params": Payload()}, assets / "loras" / "cat.pth")
     err = run(spec, tmp_path / "run", capsys)
     assert "weights_only" in err and str(assets / "loras" / "cat.pth") in err
+    assert "it carries pickled code" in err and "convert it to .safetensors with a tool you trust" in err
+    assert "set to `False`" not in err and "Re-running" not in err  # never torch's advice to load it unsafely
+    assert err.count("\n") == 1  # one line
     assert not marker.exists()

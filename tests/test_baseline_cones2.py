@@ -168,6 +168,7 @@ def test_preservation_loss_slices_like_upstream() -> None:
     assert preservation_loss(target4, hidden4, 3, 0.0, 1.0) == 0  # no sample left after 1 + 3
 
 
+@pytest.mark.slow
 def test_train_residual_in_batches(ctx: FakeContext) -> None:
     """``batch_size`` as upstream's ``--train_batch_size``: shuffled epochs cut into batches, the last smaller."""
     pipe = ctx.base_pipeline("real")
@@ -186,6 +187,7 @@ def test_train_residual_in_batches(ctx: FakeContext) -> None:
         cones2.train_residual(pipe, ctx.concept("dogA"), images, 1, batch_size=0)
 
 
+@pytest.mark.slow
 def test_generates_for_the_tiny_benchmark(ctx: FakeContext) -> None:
     spec = cones2.method_spec()
     method = spec.create(spec.resolve_params({"steps": 2, "guidance_steps": 2, "quick_train_steps": 1}))

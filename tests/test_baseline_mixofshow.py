@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import T2IAdapter
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler, T2IAdapter
 
 from baselines.mixofshow.cache import cached_fusion
 from baselines.mixofshow.fusion import FusionConcept, FusionConfig, gradient_fusion, weights_applied
+from baselines.mixofshow.method import sampling_scheduler
 from baselines.mixofshow.sampling import RegionPrompt, mixofshow_settings, prepare_fused_layout, regional_sample
 from bench.assets import AssetResolver
 from bench.boxes import box_to_grid
@@ -16,6 +17,7 @@ from bench.context import RunContext
 from bench.layers import cross_attention_layers
 from bench.lora.apply import lora_merged
 from bench.lora.canonical import ConceptLora, LoraDelta
+from bench.pipelines import load_base_model
 from bench.plugins import get_plugin_manager, registered_methods
 from bench.prompts import LayerwiseTextEncoder
 from bench.seeds import initial_noise
@@ -24,7 +26,7 @@ from composer.config import ComposerConfig
 from composer.guidance import composer_sampler
 from composer.layout import RegionInput, prepare_layout
 from randomworld.loras import random_concept_lora
-from randomworld.models import build_random_adapter
+from randomworld.models import build_random_adapter, build_random_pipeline
 from regions.adapters import adapter_residuals
 from regions.controller import Controller
 from regions.processors import region_processors
@@ -125,6 +127,50 @@ def test_fusion_of_two_concepts_lowers_the_objective_and_keeps_each_concept(pipe
             target = x[index] @ (w0 + concept.lora.unet[f"{layer}.to_k"].weight()).T
             got = x[index] @ fused_two.unet[f"{layer}.to_k"].T
             assert (got - target).norm() <= 0.05 * (x[index] @ w0.T - target).norm()
+
+
+def test_fusion_records_text_activations_at_text_alpha(pipe, concepts) -> None:
+    """research_branch@27213c5 scripts/mixofshow_scripts/Gradient_Fusion_EDLoRA.py L447-464 (merge_text_encoder):
+    each concept's text LoRA is merged at its text_encoder_alpha (L449-456) before the activations are recorded
+    (L462-464), the alpha its targets use; so the fused text encoder reproduces the concept's model at that alpha.
+    Before: activations at alpha 1, targets at text_alpha."""
+    concept = concepts[0]
+    config = FusionConfig(text_iters=60, unet_iters=1, spatial_steps=1, spatial_height=64, spatial_width=64,
+                          text_alpha=0.5)
+    fused = gradient_fusion(pipe, [concept], config, progress=False)
+    with weights_applied(None, pipe.text_encoder, {}, fused.text_encoder):
+        fused_out = _text_output(pipe, concept)
+    text_only = ConceptLora(text_encoder=concept.lora.text_encoder, source="text only")
+    with lora_merged(None, pipe.text_encoder, [text_only], [0.5]):
+        merged_out = _text_output(pipe, concept)
+    base_out = _text_output(pipe, concept)
+    assert (fused_out - merged_out).norm() < 1e-2 * (base_out - merged_out).norm()
+
+
+def test_regional_sampler_uses_the_scheduler_the_base_model_ships(tmp_path) -> None:
+    """research_branch@27213c5 inference/mix_of_show_sample.py L166-168 (build_model): the pipeline is
+    from_pretrained(pretrained_model) without a scheduler, so regional sampling uses the model folder's own (PNDM
+    for ChilloutMix), which the bench's loader replaces by DPM-Solver++ for the other methods."""
+    source = build_random_pipeline()
+    source.scheduler = PNDMScheduler.from_config(source.scheduler.config, skip_prk_steps=True)
+    source.save_pretrained(tmp_path / "base")
+    pipe = load_base_model(str(tmp_path / "base"))
+    assert type(pipe.scheduler) is DPMSolverMultistepScheduler
+    scheduler, record = sampling_scheduler(pipe, "model")
+    assert type(scheduler) is PNDMScheduler and scheduler.config.skip_prk_steps
+    assert (record["name"], record["shipped"], record["choice"]) == ("PNDMScheduler", "PNDMScheduler", "model")
+    assert record["config"]["beta_schedule"] == "scaled_linear"
+    assert type(sampling_scheduler(pipe, "dpm-solver++")[0]) is DPMSolverMultistepScheduler  # main branch
+    assert type(sampling_scheduler(pipe, "ddim")[0]) is DDIMScheduler
+    assert sampling_scheduler(pipe, "model")[0] is not scheduler  # a fresh one per image
+    builtin = build_random_pipeline()  # a built-in ships the scheduler it has
+    assert type(sampling_scheduler(builtin, "model")[0]) is type(builtin.scheduler)
+    with pytest.raises(ValueError, match=r"mix-of-show parameter 'scheduler': expected one of \['model'"):
+        sampling_scheduler(pipe, "euler")
+    layout = prepare_fused_layout(pipe, ConceptLora(source="none"), "a photo", "", [])
+    noise = initial_noise(0, (1, 4, 8, 8))
+    regional_sample(pipe, layout, noise, 2, 7.5, scheduler=scheduler)
+    assert scheduler.num_inference_steps == 2  # the sampler ran on the scheduler it was given
 
 
 def test_fusion_cache_is_keyed_and_atomic(pipe, concepts, tmp_path) -> None:
@@ -253,6 +299,9 @@ def test_method_generates_with_cached_fusion_and_leaves_the_pipeline_unchanged(m
     assert (first.record["fusion_cache_hit"], second.record["fusion_cache_hit"]) == (False, True)
     assert first.record["fusion_key"] == second.record["fusion_key"]
     assert first.record["branch"] == "research" and method_spec.deviations
+    assert first.record["scheduler"] == "DPMSolverMultistepScheduler"  # the scheduler builtin:random-sd ships
+    assert first.record["sampler"]["choice"] == "model"
+    assert first.record["sampler"]["shipped"] == first.record["scheduler"]
     assert set(first.record["fused_concepts"]) == {"man", "dog", "cat", "castle"}
     assert list(first.image.getdata()) == list(second.image.getdata())
     after = {**pipe.unet.state_dict(), **pipe.text_encoder.state_dict()}

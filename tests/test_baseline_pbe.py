@@ -10,8 +10,10 @@ import pytest
 from PIL import Image
 
 from baselines import paint_by_example as pbe
-from baselines.inpaint import class_word_prompt, crop_window, paste_back
+from baselines.inpaint import class_word_prompt, crop_window, paste_back, reference_example, subject_box
+from baselines.specs import paint_by_example as declared
 from bench.boxes import to_xyxy_pixels
+from bench.catalog import load_dataset
 from bench.pipelines import load_base_model
 from bench.spec import DatasetSpec, load_spec
 from randomworld.inpainting import build_random_pbe
@@ -158,6 +160,12 @@ def test_generates_and_keeps_outside_pixels(ctx: FakeContext, background: np.nda
     assert gen.record["background"]["prompt"] == "dog and dog on the grass"
     assert gen.record["boxes"][0]["reference"].endswith(f"{(7 + 1000) % 2}.png")
     assert "deviations" not in gen.record and pbe.method_spec().deviations  # the runner writes them
+    # dogA has masks: its reference is cropped to the mask's subject box (widened by 10 px: here the whole
+    # 40 x 48 image); dogB has none: the whole image, said so
+    dog_a, dog_b = (box["reference_crop"] for box in gen.record["boxes"])
+    assert dog_a["rule"] == "mask" and dog_a["mask"].endswith("masks/dogA/1.png")
+    assert dog_a["box_xyxy"] == [0, 0, 40, 48]
+    assert dog_b["mask"] == "full image (no mask found)"
 
 
 def test_window_paste_replaces_the_whole_window(ctx: FakeContext, background: np.ndarray) -> None:
@@ -175,6 +183,87 @@ def test_window_paste_replaces_the_whole_window(ctx: FakeContext, background: np
     assert not np.array_equal(
         out[:, x0:x1][:, :4], background[:, x0:x1][:, :4]
     )  # window strip left of the box
+
+
+def _with_base(spec: DatasetSpec, base: str) -> DatasetSpec:
+    return DatasetSpec(**{**spec.__dict__, "base_models": {"real": base}})
+
+
+def test_auto_model_resolves_to_the_inpainting_model_of_the_base_models_world() -> None:
+    assert declared.auto_model("builtin:random-sd") == "builtin:random-pbe"  # random weights, for tests
+    assert declared.auto_model("builtin:toy-sd") is None  # no toy Paint-by-Example is trained
+    assert declared.auto_model("/models/chilloutmix") is None
+
+
+def test_unavailable_sees_the_parameters_and_the_dataset(ctx: FakeContext, tmp_path: Path) -> None:
+    """Today's check ignores the dataset: a real base model without model= failed every image instead."""
+    assert pbe.unavailable(pbe.DEFAULTS, ctx.spec) is None  # builtin:random-sd -> builtin:random-pbe
+    assert pbe.unavailable(pbe.DEFAULTS) is None  # no dataset chosen: nothing to resolve yet
+    real = pbe.unavailable(pbe.DEFAULTS, _with_base(ctx.spec, "experiments/pretrained_models/chilloutmix"))
+    assert real is not None and "base_models.real" in real and "model=PATH" in real
+    assert "huggingface-cli download Fantasy-Studio/Paint-by-Example" in real and len(real.splitlines()) == 1
+    toy = pbe.unavailable(pbe.DEFAULTS, load_dataset("toy"))
+    assert toy is not None and toy.startswith("on dataset 'toy': ") and "no builtin:toy-pbe" in toy
+    assert f"{pbe.NAME}.model={pbe.RANDOM_MODEL}" in toy  # the way to a smoke run
+    assert pbe.unavailable({**pbe.DEFAULTS, "model": pbe.RANDOM_MODEL}, load_dataset("toy")) is None
+    missing = pbe.unavailable({**pbe.DEFAULTS, "model": str(tmp_path / "nowhere")}, ctx.spec)
+    assert missing is not None and "model_index.json" in missing
+    unknown = pbe.unavailable({**pbe.DEFAULTS, "model": "builtin:toy-pbe"}, ctx.spec)
+    assert unknown is not None and "unknown built-in 'builtin:toy-pbe'" in unknown
+    # a style the method does not run on needs no model: real-only on a spec whose real base is built in
+    anime_only = DatasetSpec(**{**ctx.spec.__dict__, "base_models": {"real": "builtin:random-sd",
+                                                                     "anime": "/models/anything-v4"}})
+    assert pbe.unavailable(pbe.DEFAULTS, anime_only) is None
+
+
+def test_runs_real_style_scenes_only_unless_asked() -> None:
+    """The paper runs the inpainting baselines on real layouts only ('-' in Table 1's anime columns)."""
+    spec, paper = pbe.method_spec(), load_dataset("paper")
+    skipped = spec.skipped_scenes(spec.defaults, paper, list(paper.scenes))
+    assert set(skipped) == {sid for sid, scene in paper.scenes.items() if scene.style == "anime"}
+    assert "styles=all" in skipped["3girl"] and "'anime'" in skipped["3girl"]
+    assert spec.skipped_scenes(spec.resolve_params({"styles": "all"}), paper, list(paper.scenes)) == {}
+    assert spec.skipped_scenes(spec.resolve_params({"styles": "anime"}), paper, ["4real", "3girl"]) == {
+        "4real": spec.skip_scene(spec.resolve_params({"styles": "anime"}), paper.scenes["4real"])}
+    with pytest.raises(ValueError, match="parameter 'styles': expected 'all' or comma-separated styles"):
+        spec.skipped_scenes(spec.resolve_params({"styles": "cartoon"}), paper, ["4real"])
+
+
+def test_subject_box_widens_the_mask_box_by_ten_pixels_within_the_image() -> None:
+    """Paint-by-Example@2eb6e9c ldm/data/open-images.py L134-142: reference = image[bbox widened by
+    min(10, room) px on each side]."""
+    mask = np.zeros((100, 80), bool)
+    mask[30:50, 20:41] = True
+    assert subject_box(mask) == (10, 20, 51, 60)
+    mask[:] = False
+    mask[2:99, 75:80] = True  # near the borders: the widening stops at the image
+    assert subject_box(mask) == (65, 0, 80, 100)
+    assert subject_box(np.zeros((4, 4), bool)) is None
+
+
+def test_reference_example_crops_to_the_masks_subject(tmp_path: Path) -> None:
+    image = np.full((100, 80, 3), 255, np.uint8)
+    image[30:50, 20:41] = (200, 40, 40)
+    Image.fromarray(image).save(tmp_path / "a.jpg")
+    mask = np.zeros((50, 40), np.uint8)  # half the image's size: resized to it (Mix-of-Show#1)
+    mask[15:25, 10:20] = 255
+    (tmp_path / "mask").mkdir()
+    Image.fromarray(mask).save(tmp_path / "mask" / "a.png")
+
+    class Assets:
+        def mask_images(self, concept_id: str) -> list[Path]:
+            return [tmp_path / "mask" / "a.png"]
+
+    class Ctx:
+        assets = Assets()
+
+    example, record = reference_example(Ctx(), "c", tmp_path / "a.jpg", "mask")
+    assert record == {"rule": "mask", "mask": str(tmp_path / "mask" / "a.png"), "box_xyxy": [10, 20, 50, 60]}
+    assert example.size == (40, 40)
+    whole, record = reference_example(Ctx(), "c", tmp_path / "a.jpg", "none")
+    assert whole.size == (80, 100) and record["box_xyxy"] is None
+    with pytest.raises(ValueError, match="parameter 'reference_crop': expected 'mask' or 'none'"):
+        reference_example(Ctx(), "c", tmp_path / "a.jpg", "bbox")
 
 
 def test_auto_model_needs_a_path_for_real_base_models(ctx: FakeContext) -> None:

@@ -1,7 +1,10 @@
 """Concept vanishing / confusion, the spec's evaluation section and toy CLIP resolution.
 
-Rows are checked against hand-written expectations: a stub classifier with known readings, and a
-fake classifier that reads colour and fill from the pixels of real toy-world renders.
+Rows are checked against hand-written expectations: the toy judge's rules over a stub classifier with
+known readings, and over a fake classifier that reads colour and fill from the pixels of real toy-world
+renders. The toy definitions as they were before the box-judge protocol (``old_vanished`` /
+``old_confused`` below, copied from the former ``metrics/box_concepts.py``) must give the same values as
+the protocol on every reading and on real renders read by the committed classifier.
 """
 
 from __future__ import annotations
@@ -20,17 +23,18 @@ import yaml
 from PIL import Image
 from test_metrics_fixtures import FolderReferences, noise_image
 
+from bench.boxes import to_xyxy_pixels
+from bench.models import ModelError
 from bench.resolved import resolved_document
 from bench.spec import SpecError, _scene_to_plain, load_spec
 from bench.store import ItemKey, RunStore
 from lcbench.cli import main
-from metrics import box_concepts
 from metrics.api import ScoreItem
 from metrics.context import ScoreContext, clip_choice
 from metrics.models import RANDOM_CLIP, ClipEmbedder, file_hash
 from metrics.plugin import builtin_metrics
 from metrics.scoring import default_metrics, score_run
-from toyworld.classifier import BoxClassifier, BoxPrediction, classify_boxes
+from toyworld.classifier import SHAPE_LABELS, BoxClassifier, BoxPrediction, ToyBoxJudge, classify_boxes, describe
 from toyworld.clip import CLIP_CONFIG, TOY_CLIP
 from toyworld.world import COLOURS, PLAIN_BACKGROUNDS, ToyObject, render
 
@@ -109,18 +113,54 @@ class StubClassifier:
         return [BoxPrediction(s, c, t, 0.9) for s, c, t in self.readings.pop(0)]
 
 
-class StubJudge:
-    """A box judge (the metrics' BoxJudge protocol) that answers with a stub classifier's readings."""
-
-    ref, weights, preprocess, crop = "builtin:toy-classifier", "sha256:stub", "stub", "square around box, 32x32"
+class StubJudge(ToyBoxJudge):
+    """The toy box judge (its rules) over a stub classifier's readings."""
 
     def __init__(self, classify: Any):
-        self.read = classify
+        super().__init__(None, "builtin:toy-classifier", "sha256:stub")  # type: ignore[arg-type]
+        self.read = classify  # type: ignore[method-assign]
+
+
+# The toy definitions before the box-judge protocol, verbatim from the former metrics/box_concepts.py.
+OLD_CHECKED = ("shape", "colour")
+
+
+def old_checked_attributes(concept: Any) -> dict[str, str]:
+    if concept.background:
+        return {}
+    return {k: concept.attributes[k] for k in OLD_CHECKED if k in concept.attributes}
+
+
+def old_vanished(prediction: Any, own: dict[str, str]) -> bool:
+    return prediction.shape == "none" or any(getattr(prediction, k) != v for k, v in own.items())
+
+
+def old_confused(prediction: Any, own: dict[str, str], others: list[dict[str, str]]) -> bool:
+    if prediction.shape == "none":
+        return False
+    return any(
+        k in own and getattr(prediction, k) == theirs.get(k) != own[k] for theirs in others for k in OLD_CHECKED
+    )
+
+
+def old_rows(spec: Any, scene: Any, predictions: dict[int, Any], mode: str) -> list[tuple[str, int, float, str]]:
+    """(concept, region, value, predicted) as the former metric wrote them."""
+    rows = []
+    for index, prediction in predictions.items():
+        concept_id = scene.regions[index].concept
+        own = old_checked_attributes(spec.concepts[concept_id])
+        if mode == "vanishing":
+            value = old_vanished(prediction, own)
+        else:
+            others = [old_checked_attributes(spec.concepts[c]) for c in spec.scene_concepts(scene) if c != concept_id]
+            value = old_confused(prediction, own, others)
+        rows.append((concept_id, index, float(value), describe(prediction)))
+    return rows
 
 
 def _context(spec_path: Path, classify: Any) -> ScoreContext:
     ctx = ScoreContext(load_spec(spec_path), FolderReferences(spec_path.parent))
-    ctx._embedders["box_judge"] = StubJudge(classify)
+    ctx._embedders["dataset_judge"] = StubJudge(classify)
     return ctx
 
 
@@ -310,6 +350,65 @@ def test_real_renders_with_a_pixel_reading_classifier(tmp_path: Path) -> None:
     assert [r["concept"] for r in confusion] == ["rosy", "leaf", "sun", "rosy"]
 
 
+# -- the protocol keeps the toy definitions ------------------------------------------------------------
+
+TOY_SPEC = Path(__file__).resolve().parents[1] / "datasets" / "toy.yaml"
+
+
+def _new_rows(metric: str, spec_path: Path, scene: Any, image: Image.Image, classify: Any) -> list[tuple]:
+    ctx = _context(spec_path, classify)
+    rows = _scores(metric, [ScoreItem("m", scene, 0, 0, image)], ctx)[0]
+    return [(r["concept"], r["region"], r["value"], r["predicted"]) for r in rows]
+
+
+def test_protocol_keeps_the_toy_definitions_on_every_reading(tmp_path: Path) -> None:
+    """Every uniform reading and 40 mixed readings per scene, on this file's spec and on the toy benchmark."""
+    rng = np.random.default_rng(0)
+    readings = [(s, c, "striped") for s in SHAPE_LABELS for c in COLOURS]
+    compared = 0
+    for spec_path in (_write_spec(tmp_path, SPEC), TOY_SPEC):
+        spec = load_spec(spec_path)
+        for scene in spec.scenes.values():
+            image = Image.new("RGB", (scene.width, scene.height))
+            checked = [i for i, r in enumerate(scene.regions) if old_checked_attributes(spec.concepts[r.concept])]
+            cases = [[r] * len(checked) for r in readings]
+            cases += [[readings[k] for k in rng.integers(0, len(readings), len(checked))] for _ in range(40)]
+            for case in cases:
+                predictions = {i: BoxPrediction(*r, 0.9) for i, r in zip(checked, case, strict=True)}
+                for metric in ("vanishing", "confusion"):
+                    stub = StubClassifier([case])
+                    assert _new_rows(metric, spec_path, scene, image, stub) == old_rows(spec, scene, predictions,
+                                                                                          metric)
+                    compared += 1
+    assert compared == 2 * (len(readings) + 40) * (2 + 6)
+
+
+def test_protocol_keeps_the_toy_results_on_real_renders() -> None:
+    """The committed classifier on the toy oracle's perfect, swapped and blank renders: old and new rows agree."""
+    from toyworld.classifier import toy_box_judge
+    from toyworld.oracle import ToyOracle
+
+    torch.set_num_threads(1)
+    spec = load_spec(TOY_SPEC)
+    judge, oracle = toy_box_judge(), ToyOracle()
+    values = {"vanishing": [], "confusion": []}
+    for scene in spec.scenes.values():
+        ids = list(scene.concept_ids)
+        for seed in range(2):
+            images = [oracle.render(scene, [spec.concepts[c] for c in ids], seed),
+                      oracle.render(scene, [spec.concepts[c] for c in ids[1:] + ids[:1]], seed),
+                      oracle.blank(scene, seed)]
+            for image in images:
+                boxes = [to_xyxy_pixels(r.box, *image.size) for r in scene.regions]
+                predictions = dict(enumerate(classify_boxes(judge.model, image, boxes)))
+                for metric in values:
+                    new = _new_rows(metric, TOY_SPEC, scene, image, judge.read)
+                    assert new == old_rows(spec, scene, predictions, metric)
+                    values[metric] += [row[2] for row in new]
+    # the renders exercise both outcomes of both rates (the comparison is not vacuous)
+    assert set(values["vanishing"]) == {0.0, 1.0} and set(values["confusion"]) == {0.0, 1.0}
+
+
 # -- the real classifier code path, scoring, errors ---------------------------------------------------
 
 
@@ -337,13 +436,15 @@ def test_classifier_file_and_builtin_resolution(tmp_path: Path, monkeypatch: pyt
     # the same readings straight from toyworld.classifier, with the fp16-rounded weights
     model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
     direct = classify_boxes(model, image, [PIXEL_BOXES[q] for q in ("tl", "tr", "bl")])
-    assert [r["predicted"] for r in rows] == [box_concepts.describe(p) for p in direct]
+    assert [r["predicted"] for r in rows] == [describe(p) for p in direct]
     attributes = [("circle", "red"), ("square", "green"), ("triangle", "yellow")]
     assert [r["value"] for r in rows] == [
         float(p.shape == "none" or (p.shape, p.colour) != own) for p, own in zip(direct, attributes, strict=True)
     ]
     conventions = metric.conventions(ctx)
-    assert conventions["model"] == "clf/box.safetensors" and conventions["crop_mode"] == "square around box, 32x32"
+    # the spec's relative path, resolved against the spec's folder, is the file the scores were made with
+    assert conventions["model"] == str(tmp_path / "clf" / "box.safetensors")
+    assert conventions["crop_mode"] == "square around box, 32x32"
     assert conventions["weights"] == f"sha256:{file_hash(tmp_path / 'clf' / 'box.safetensors')}"
 
     # builtin:toy-classifier reads toyworld/weights/classifier.safetensors; missing, it names the script
@@ -356,7 +457,7 @@ def test_classifier_file_and_builtin_resolution(tmp_path: Path, monkeypatch: pyt
     loaded = ScoreContext(builtin, FolderReferences(tmp_path)).box_judge()
     assert loaded.ref == "builtin:toy-classifier"
     assert loaded.weights == f"sha256:{file_hash(tmp_path / 'weights' / 'classifier.safetensors')}"
-    assert [box_concepts.describe(p) for p in loaded.read(image, [PIXEL_BOXES["tl"]])] == [rows[0]["predicted"]]
+    assert [describe(p) for p in loaded.read(image, [PIXEL_BOXES["tl"]])] == [rows[0]["predicted"]]
     bad = load_spec(_write_spec(tmp_path, _with(evaluation={"classifier": "builtin:resnet"}), "bad.yaml"))
     with pytest.raises(ValueError, match="evaluation.classifier': unknown built-in box_judge 'builtin:resnet'"):
         ScoreContext(bad, FolderReferences(tmp_path)).box_judge()
@@ -371,7 +472,9 @@ def _make_run(root: Path, data: dict) -> Path:
         noise_image(k, (32, 32), (200, 100, 100)).save(root / "refs" / concept / "a.png")
     store = RunStore(root / "run")
     store.write_spec(resolved_document(spec, root))
-    store.write_manifest({"dataset": {"name": spec.name, "path": str(spec_path), "spec_hash": spec.spec_hash()},
+    store.write_manifest({"format": "lcbench-run/1",
+                          "dataset": {"name": spec.name, "path": str(spec_path), "spec_hash": spec.spec_hash()},
+                          "scenes": list(spec.scenes), "seeds": 2, "seed_scheme": "paper",
                           "methods": {"m": {"name": "m", "params": {}, "description": "m"}}})
     images = [render([_obj("circle", "red", PIXEL_BOXES["tl"])], "white"), render([], "white")]
     for index, image in enumerate(images):
@@ -397,12 +500,12 @@ def test_score_run_defaults_add_the_classifier_metrics(tmp_path: Path, monkeypat
     conventions = json.loads((out / "vanishing/conventions.json").read_text())
     assert conventions["kind"] == "V" and conventions["model"] == "builtin:toy-classifier"
     assert json.loads((out / "confusion/conventions.json").read_text())["kind"] == "C"
-    assert len(stub.calls) == 4  # one call per image and metric
+    assert len(stub.calls) == 2  # one call per image: vanishing and confusion share the judge's verdicts
 
 
 def test_scoring_without_a_classifier_is_one_clear_error(tmp_path: Path) -> None:
     run = _make_run(tmp_path, _with(evaluation=None))
-    with pytest.raises(ValueError, match=r"boxes\.yaml: field 'evaluation.classifier': expected a per-box"):
+    with pytest.raises(ValueError, match=r"(boxes\.yaml|spec\.json): field 'evaluation.classifier': expected a per"):
         score_run(run, ["clip_t", "vanishing"], references=FolderReferences(tmp_path), quiet=True)
     assert not (run / "scores" / "vanishing").exists()
 
@@ -430,7 +533,7 @@ def test_toy_clip_loads_safetensors_and_fingerprints_them(tmp_path: Path, monkey
     assert CLIP_CONFIG.name == "lcbench_toy_clip.json"
     weights = tmp_path / "weights" / "clip.safetensors"
     monkeypatch.setattr(toyworld.clip, "CLIP_WEIGHTS", weights)
-    with pytest.raises(FileNotFoundError, match="python -m toytrain clip") as info:
+    with pytest.raises(ModelError, match="python -m toytrain clip") as info:
         ClipEmbedder(TOY_CLIP)
     assert str(weights) in str(info.value)
     state = _save_toy_clip(weights)

@@ -23,7 +23,8 @@ def test_check_assets_lists_exactly_what_is_missing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert str(tmp_path / "loras" / "real" / "hinton.pth") in out
     assert str(tmp_path / "experiments" / "pretrained_models" / "chilloutmix") in out
-    assert str(tmp_path / "loras" / "real" / "catA.pth") not in out
+    cat_a = next(line for line in out.splitlines() if line.endswith(str(tmp_path / "loras" / "real" / "catA.pth")))
+    assert "refused" in cat_a and "missing" not in cat_a  # present but not a LoRA: opened, not only looked for
 
 
 def test_check_assets_on_the_tiny_dataset_is_complete(capsys):

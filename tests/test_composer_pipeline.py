@@ -73,7 +73,7 @@ def _refined_masses(pipe, regions, enhancement: bool, steps: int = 3) -> list[li
     history = []
     with region_processors(pipe.unet, sampler.controller):
         for _ in range(steps):
-            latents, _, _ = sampler.guidance.refine(sampler, latents, t, config.step_size, adapter=False)
+            latents, _, _, _ = sampler.guidance.refine(sampler, latents, t, config.step_size, adapter=False)
             if enhancement:  # the maps of this refinement's forward (before its update)
                 history.append(_in_box_mass(sampler))
         with torch.no_grad():
@@ -138,7 +138,7 @@ def test_early_stop_rule_and_step_sizes(pipe, regions) -> None:
 
     def fake_refine(sampler, latents, t, step_size, adapter):
         step_sizes.append(step_size)
-        return latents, next(scripted), {}
+        return latents, next(scripted), {}, True
 
     sampler.guidance.refine = fake_refine  # type: ignore[method-assign]
     sampler._denoise = lambda latents, t, adapter: latents  # type: ignore[method-assign]
@@ -168,6 +168,37 @@ def test_boxes_empty_at_coarse_levels_are_guarded(pipe, regions) -> None:
     assert torch.isfinite(result.latents).all()
     assert all(torch.isfinite(torch.tensor(entry["total"])) for entry in result.log["losses"])
     assert result.log["reinit_windows"][0] is None  # empty at the 2x2 loss grid
+
+
+def test_empty_loss_boxes_take_no_gradient_step_and_say_so(pipe, regions, monkeypatch) -> None:
+    """Boxes with no cell on the loss grid: a constant-0 loss, no backward pass, and a log that says so."""
+    thin = [dataclasses.replace(regions[0], box=(0.05, 0.0, 0.45, 1.0)),
+            dataclasses.replace(regions[1], box=(0.55, 0.0, 0.95, 1.0))]  # both empty on a 2x2 grid
+    layout = prepare_layout(pipe, "a cat and a dog", "low quality", thin)
+    noise = initial_noise(6, (1, 4, 8, 8))
+    backward = []
+    grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *args, **kwargs: backward.append(1) or grad(*args, **kwargs))
+    config = ComposerConfig(num_steps=3, loss_level=4, max_refine_steps=3)  # the official image/32 grid: 2x2
+    log = composer_sampler(pipe.unet, _scheduler(pipe), layout, config)(noise).log
+    assert backward == [] and log["refine_steps"] == 0 and log["refine_forwards"] == 3
+    assert [(e["total"], e["gradient_step"]) for e in log["losses"]] == [(0.0, False)] * 3
+    assert log["reinit_windows"] == [None, None]
+    on_loss_grid = [(e["region"], e["grid_hw"]) for e in log["empty_boxes"] if e["map_grid"]]
+    assert on_loss_grid == [(0, [2, 2]), (1, [2, 2])]
+    assert {(e["region"], tuple(e["grid_hw"])) for e in log["empty_boxes"]} >= {(0, (1, 1)), (1, (1, 1))}  # mid block
+
+    adaptive = dataclasses.replace(config, adaptive_loss_level=True)
+    with pytest.raises(ValueError, match="latent size"):
+        composer_sampler(pipe.unet, _scheduler(pipe), layout, adaptive)
+    log = composer_sampler(pipe.unet, _scheduler(pipe), layout, adaptive, (8, 8))(noise).log
+    assert log["loss_level"] == 1  # 4x4 still loses both boxes; 8x8 keeps them
+    assert log["refine_steps"] == 3 and len(backward) == 3 and all(e["gradient_step"] for e in log["losses"])
+    assert all(w is not None for w in log["reinit_windows"])
+    assert not [e for e in log["empty_boxes"] if e["map_grid"]]
+    # where every box keeps a cell, the adaptive level is the official one
+    assert composer_sampler(pipe.unet, _scheduler(pipe), prepare_layout(pipe, "a cat and a dog", "", regions),
+                            adaptive, (8, 8)).settings.map_level == 4
 
 
 @pytest.mark.parametrize(("kind", "channels"), [("pose", 3), ("sketch", 1)])

@@ -80,6 +80,35 @@ def test_guided_scene_uses_the_builtin_adapters_while_refining_only(monkeypatch)
     assert list(guided.image.getdata()) != list(unguided.image.getdata())
 
 
+def test_empty_boxes_are_recorded_and_warned_once_per_scene(monkeypatch) -> None:
+    from composer.method import EmptyBoxWarning
+
+    spec = load_spec(REPO / "datasets" / "random.yaml")
+    ctx = RunContext(spec, AssetResolver(spec))
+    methods = _methods(monkeypatch)
+    method = methods["lora-composer"].create(methods["lora-composer"].resolve_params(
+        {"num_steps": 2, "max_refine_steps": 2, "loss_level": 4}))
+    scene = spec.scenes["girl_boy"]  # 64 x 128: both boxes round to no column of the 2 x 4 loss grid
+    with pytest.warns(EmptyBoxWarning) as caught:
+        records = [method.generate(scene, seed, ctx).record for seed in (7, 8)]
+    caught = [w for w in caught if issubclass(w.category, EmptyBoxWarning)]
+    assert len(caught) == 1, [str(w.message) for w in caught]  # one warning per scene, not per image
+    message = str(caught[0].message)
+    assert "scene 'girl_boy'" in message and "loss grid (2x4: 0:girl, 1:boy)" in message
+    assert "adaptive_loss_level=true" in message
+    for record in records:
+        assert record["refine_steps_run"] == 0 and record["refine_forwards_run"] == 2
+        assert [e["region"] for e in record["empty_boxes"] if e["map_grid"]] == [0, 1]
+        assert record["reinit_windows"] == [None, None]
+    adaptive = methods["lora-composer"].create(methods["lora-composer"].resolve_params(
+        {"num_steps": 2, "max_refine_steps": 2, "loss_level": 4, "adaptive_loss_level": True}))
+    with pytest.warns(EmptyBoxWarning) as caught:  # still empty on the mid block's 1 x 2 grid
+        record = adaptive.generate(scene, 7, ctx).record
+    assert "loss grid" not in str(caught[0].message)
+    assert record["loss_level"] == 2 and record["loss_level_requested"] == 4  # the 4 x 8 grid keeps both
+    assert record["refine_steps_run"] == 2 and not [e for e in record["empty_boxes"] if e["map_grid"]]
+
+
 def test_auto_adapter_with_a_real_base_model_is_a_clear_error(monkeypatch) -> None:
     spec = load_spec(REPO / "datasets" / "random.yaml")
     ctx = RunContext(spec, AssetResolver(spec))

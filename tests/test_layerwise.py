@@ -15,6 +15,7 @@ from bench.prompts import (
     LayerwiseAttnProcessor,
     LayerwiseState,
     LayerwiseTextEncoder,
+    concept_token_ids,
     install_layerwise,
     token_positions,
 )
@@ -138,6 +139,51 @@ def test_token_positions_use_the_tokenizer(pipe: StableDiffusionPipeline) -> Non
     assert len(pipe.tokenizer) == size
     with pytest.raises(ValueError, match="<dogA1>"):
         token_positions(pipe.tokenizer, "a <catA1>", ["<dogA1>"])
+
+
+_TOKENS = ["<catA1>", "<catA2>", "<c1>", "<c10>", "<dogB2>"]
+_PROMPTS = [
+    "photo of a <catA1> <catA2>, near a lake",
+    "<catA1><catA2>",
+    "a<catA1>b. <catA2>!!",
+    "a red-haired <catA1> <catA2> and <dogB1> <dogB2>",  # <dogB1> is not listed: plain text
+    "<c10> <c1> <c100> <C1>",  # longest match first, exact case
+    "  <catA2>  spaces   and TABS\tand\nnewlines <catA1>",
+    "über café <catA1> 日本 🙂 <|endoftext|> <catA2>",
+    "",
+    "a " * 80 + "<catA1> beyond the 77 tokens",
+    "a " * 74 + "<catA1> <catA2>",  # the first fits, the second is cut
+    "<catA1> " * 3,
+]
+
+
+@pytest.mark.parametrize("prompt", _PROMPTS)
+def test_concept_token_ids_equal_a_tokenizer_copy_with_the_tokens_added(pipe, prompt: str) -> None:
+    """The copy-free tokenization gives the ids of a copy that has the tokens added as special tokens."""
+    reference = copy.deepcopy(pipe.tokenizer)  # what the encoder did before: a private copy per token set
+    reference.add_tokens(_TOKENS, special_tokens=True)
+    expected = reference(prompt, padding="max_length", max_length=77, truncation=True).input_ids
+    ids, marks = concept_token_ids(pipe.tokenizer, prompt, _TOKENS)
+    added = {reference.convert_tokens_to_ids(t): t for t in _TOKENS}
+    assert len(ids) == 77
+    assert {i: added[t] for i, t in enumerate(expected) if t in added} == marks
+    assert [t for i, t in enumerate(expected) if i not in marks] == [t for i, t in enumerate(ids) if i not in marks]
+
+
+def test_encoding_makes_no_tokenizer_copy(pipe, monkeypatch) -> None:
+    """Many concepts per image cost no tokenizer copy (a copy took 0.15-0.4 s and thrashed a cache of 8)."""
+    concepts = [ConceptLora(token_embeddings={f"<k{i}a>": torch.randn(16, RANDOM_TEXT_DIM)}, source=f"k{i}")
+                for i in range(12)]
+    encoder = LayerwiseTextEncoder.from_pipeline(pipe)
+    expected = [encoder.encode(f"a <k{i}a> dog", [c]) for i, c in enumerate(concepts)]
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("a tokenizer was copied")
+
+    monkeypatch.setattr(copy, "deepcopy", no_copy)
+    for i, concept in enumerate(concepts):
+        assert torch.equal(encoder.encode(f"a <k{i}a> dog", [concept]), expected[i])
+        assert encoder.token_positions(f"a <k{i}a> dog", [f"<k{i}a>"]) == [2]
 
 
 # ----------------------------------------------------------------------------------------------

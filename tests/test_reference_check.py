@@ -40,3 +40,17 @@ def test_reference_check_fails_without_concept_enhancement(work: Path, capsys: p
     assert code == 1
     failing = [line for line in out.splitlines() if "FAIL" in line and "lora-composer" in line]
     assert failing, out
+
+
+@pytest.mark.slow
+def test_reference_check_fails_with_the_loras_in_the_wrong_boxes(
+    work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin = Path(__file__).parent / "fixtures" / "wrong_boxes_plugin.py"
+    monkeypatch.setenv("LCBENCH_PLUGINS", "bench.builtin,toyworld.plugin,metrics.plugin,wrong_boxes_plugin")
+    code = main(["--quiet", "--plugins", str(plugin), "check", "--reference", str(REFERENCE), "--work",
+                 str(work.parent / "wrong"), "--methods", "lora-composer"])
+    out = capsys.readouterr().out
+    assert code == 1
+    failing = [line for line in out.splitlines() if "FAIL" in line and "lora-composer" in line]
+    assert failing, out

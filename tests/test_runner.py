@@ -124,13 +124,14 @@ def _bench_process(args: list[str], env: dict[str, str] | None = None) -> subpro
     )
 
 
+@pytest.mark.slow
 def test_sigkill_halfway_then_resume_gives_exactly_one_image_per_item(tmp_path):
     out = tmp_path / "run"
     args = ["run", "--methods", "lora-merge", "--dataset", "random", "--out", str(out),
             "--param", "lora-merge.steps=4"]
     proc = _bench_process(args)
     manifest = out / "manifest.json"
-    deadline = time.time() + 120
+    deadline = time.time() + 900  # generous: the test machine may be shared
     total = None
     while time.time() < deadline:
         if manifest.is_file() and total is None:
@@ -145,7 +146,7 @@ def test_sigkill_halfway_then_resume_gives_exactly_one_image_per_item(tmp_path):
     proc.wait()
     assert total and 0 < len(items(out)) < total
     done = subprocess.run([sys.executable, "-m", "lcbench", "--quiet", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=1800)
     assert done.returncode == 0, done.stderr
     records = list(RunStore(out).records())
     assert len(records) == total and all(r.ok for r in records)
@@ -157,6 +158,7 @@ def test_sigkill_halfway_then_resume_gives_exactly_one_image_per_item(tmp_path):
     assert not list(out.glob("items/**/.*.tmp"))
 
 
+@pytest.mark.slow
 def test_accelerate_launch_shards_across_two_processes(tmp_path, fake_plugin):
     """`accelerate launch -m lcbench run`: RANK/WORLD_SIZE split the plan, both ranks write one run folder."""
     out = tmp_path / "run"
@@ -166,7 +168,7 @@ def test_accelerate_launch_shards_across_two_processes(tmp_path, fake_plugin):
          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lcbench", "--quiet",
          "--plugins", str(fake_plugin), "run", "--methods", "fake-solid", "--dataset", "random", "--seeds", "3",
          "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "FAKE_DELAY": "0.05"},
+        cwd=REPO, capture_output=True, text=True, timeout=1800, env={**os.environ, "FAKE_DELAY": "0.05"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     records = list(RunStore(out).records())

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import multiprocessing
+import shutil
 import statistics
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from study_sample import make_sample_runs
 
+from bench.store import ItemKey, RunStore
 from lcbench.dashboard.launch import ENV_RUNS, app_config, dashboard_command
 from lcbench.study import StudyDB, StudyDesignError, StudyError, answers_frame, create_study, export_csv, table3
 from lcbench.study.analysis import agreement, mean_ci
@@ -65,7 +68,7 @@ def test_order_is_random_per_participant_and_reproducible(study, runs: list[Path
 def test_generated_codes_and_bad_arguments(runs: list[Path], tmp_path: Path) -> None:
     info = create_study(runs, tmp_path / "gen", questions_per_participant=3, participants=4, seed=0)
     assert len(set(info.participant_codes)) == 4 and info.questions == 3
-    with pytest.raises(StudyDesignError, match="questions_per_participant: expected at most 24"):
+    with pytest.raises(StudyDesignError, match="questions_per_participant: expected at most 24 .* pass --questions 24"):
         create_study(runs, tmp_path / "s1", questions_per_participant=25, participants=2)
     with pytest.raises(StudyDesignError, match=r"methods: expected method keys .*unknown: \['nope'\]"):
         create_study(runs, tmp_path / "s2", methods=["nope"], questions_per_participant=2, participants=2)
@@ -225,10 +228,39 @@ def test_catalog_refuses_paths_outside_runs(runs: list[Path], tmp_path: Path) ->
 
 def test_dashboard_command_and_config(runs: list[Path], tmp_path: Path) -> None:
     argv = dashboard_command(runs, tmp_path / "study", port=8765)
-    assert argv[1:4] == ["-m", "streamlit", "run"] and Path(argv[4]).name == "dashboard.py"
+    assert argv[1:4] == ["-m", "lcbench.dashboard.serve", "run"] and Path(argv[4]).name == "app.py"
+    assert argv[argv.index("--client.toolbarMode") + 1] == "minimal"  # no Deploy button, no main menu
     assert argv[argv.index("--server.port") + 1] == "8765"
     after = argv[argv.index("--") + 1 :]
     config = app_config(after, environ={})
     assert config.runs == tuple(r.resolve() for r in runs) and config.study == (tmp_path / "study").resolve()
     env = app_config([], environ={ENV_RUNS: str(runs[0])})
     assert env.runs == (runs[0].resolve(),) and env.study is None
+
+
+def test_a_small_run_fits_without_options_and_references_stay_out(runs: list[Path], tmp_path: Path) -> None:
+    # a calibration reference in one run: never a question unless asked for by name
+    copy = tmp_path / "with_ref"
+    shutil.copytree(runs[1], copy)
+    store = RunStore(copy)
+    manifest = store.read_manifest()
+    manifest["methods"]["ref-oracle"] = {"name": "ref-oracle", "params": {}, "reference": "oracle"}
+    store.write_manifest(manifest)
+    for record in list(store.records()):
+        store.write_item(ItemKey("ref-oracle", record.key.scene, record.key.index), record.seed,
+                         Image.new("RGB", (64, 64)), {"status": "ok"})
+    info = create_study([runs[0], copy], tmp_path / "fits", participants=["ann"])
+    assert info.questions == 24  # 3 methods x 4 scenes x 2 seeds: every usable image, below the default 60
+    labels = {q.label for q in StudyDB(info.path).questions("ann")}
+    assert labels == {"lora_composer", "mix_of_show", "paint_by_example"}
+
+
+def test_study_create_command_says_which_option_to_pass(runs: list[Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from lcbench.cli import main
+
+    assert main(["study", "create", *map(str, runs), "--out", str(tmp_path / "a"), "--participants", "2"]) == 0
+    assert "(24 questions per participant)" in capsys.readouterr().out
+    assert main(["study", "create", *map(str, runs), "--out", str(tmp_path / "b"), "--questions", "60"]) == 2
+    err = capsys.readouterr().err
+    assert "expected at most 24" in err and "pass --questions 24" in err

@@ -25,7 +25,8 @@ def test_classifier_reads_fresh_renders_and_vae_round_trips(one_thread):
 
 
 def test_toy_clip_matches_objects_to_their_captions(one_thread):
-    from metrics.models import TOY_CLIP, ClipEmbedder
+    from metrics.models import ClipEmbedder
+    from toyworld.clip import TOY_CLIP
 
     clip = ClipEmbedder(TOY_CLIP)
     rng = np.random.default_rng(11)

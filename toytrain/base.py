@@ -165,7 +165,8 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
 
     Resumable: the state is saved to ``checkpoints`` every ``save_every`` steps, and a run started again
     with the same arguments continues from there. EMA snapshots go to ``checkpoints/snapshot`` every
-    500 steps, so the gates can be measured while training goes on.
+    500 steps, so the gates can be measured while training goes on; the last raw (non-EMA) weights go
+    to ``checkpoints/raw``.
     """
     seed_everything(seed)
     steps, images = max(4, int(steps * scale)), max(128, int(images * scale))
@@ -236,6 +237,9 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
             running = {"diffusion": 0.0, "grounding": 0.0}
         if done % 500 == 0 or done == steps:
             _write_ema(unet, text_encoder, ema_unet, ema_text, folder / "snapshot" if done < steps else out_dir)
+        if done == steps:  # the last raw weights too, to compare with the EMA (toytrain.gates --weights)
+            save_weights(unet, weights_path("unet", folder / "raw"), {"config": json.dumps(dict(unet.config))})
+            save_weights(text_encoder, weights_path("text_encoder", folder / "raw"))
         if done % save_every == 0 and done < steps:
             checkpoint.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
                              "optimizer": opt.state_dict(), "ema_unet": ema_unet.state_dict(),

@@ -126,12 +126,12 @@ def train_clip(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
     pairs, steps = max(64, int(pairs * scale)), max(2, int(steps * scale))
     vae = load_vae(out_dir).eval()
     images, texts = _pairs(pairs, seed + 5, vae)
+    model = create_toy_clip().train()  # registers the config, so the tokenizer below is the model's own
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     tokens = tokenizer(texts)
     text_ids = torch.tensor([hash(t) for t in texts])
     val_images, val_texts = _pairs(512, seed + 6, vae)
     log.event("clip-data", pairs=pairs, seconds=round(time.time() - start, 1))
-    model = create_toy_clip().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):

@@ -7,9 +7,10 @@ the toy VAE so that decoded samples are in its domain (``python -m toytrain clas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,11 +121,58 @@ def foreground_box(image: Image.Image, threshold: int = 60) -> tuple[float, floa
     return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
 
 
+CHECKED = ("shape", "colour")  # the attributes the box judge compares; texture is read, not judged
+
+
+def describe(prediction: BoxPrediction) -> str:
+    """'red striped circle', or 'none' for an empty box."""
+    return NONE if prediction.shape == NONE else f"{prediction.colour} {prediction.texture} {prediction.shape}"
+
+
+def checked_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
+    """The shape and colour among a concept's attributes (those it declares)."""
+    return {k: attributes[k] for k in CHECKED if k in attributes}
+
+
+@dataclass(frozen=True)
+class ToyVerdict:
+    """The toy judge's answer for one box (the fields of ``metrics.api.BoxVerdict``)."""
+
+    present: bool
+    identity: str | None
+    reading: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+def verdict(prediction: BoxPrediction, concept: Any, scene: Sequence[Any]) -> ToyVerdict:
+    """The toy world's rules for one reading of the box of ``concept`` among the ``scene``'s concepts.
+
+    Present: an object whose shape and colour (those the concept declares) are the concept's. Identity:
+    the concept itself when present; else the first other concept of the scene whose shape or colour,
+    one the box's concept does not share, the box shows; else None (an empty box is no concept).
+    """
+    own = checked_attributes(concept.attributes)
+    if prediction.shape == NONE:
+        return ToyVerdict(False, None, NONE)
+    if all(getattr(prediction, k) == v for k, v in own.items()):
+        return ToyVerdict(True, concept.id, describe(prediction))
+    for other in scene:
+        theirs = checked_attributes(other.attributes)
+        if other.id != concept.id and any(getattr(prediction, k) == theirs.get(k) != v for k, v in own.items()):
+            return ToyVerdict(False, other.id, describe(prediction))
+    return ToyVerdict(False, None, describe(prediction))
+
+
 class ToyBoxJudge:
     """The classifier as a box judge (``metrics.api.BoxJudge``): reads shape, colour and texture per box."""
 
     preprocess = "RGB crop resized bilinear to 32x32, scaled to [-1, 1]"
     crop = "square around box, 32x32"
+    presence_rule = "the classifier reads an object with the concept's shape and colour (those it declares)"
+    identity_rule = (
+        "the concept itself when present; else the first other concept of the scene whose shape or colour "
+        "(one the box's concept does not share) the classifier reads; an empty box is no concept"
+    )
 
     def __init__(self, model: BoxClassifier, ref: str, weights: str):
         self.model, self.ref, self.weights = model, ref, weights
@@ -132,6 +180,15 @@ class ToyBoxJudge:
     def read(self, image: Image.Image, boxes: Sequence[Sequence[float]]) -> list[BoxPrediction]:
         """What is in each pixel box ``(x0, y0, x1, y1)`` of ``image``."""
         return classify_boxes(self.model, image, boxes)
+
+    def judge(self, image: Image.Image, queries: Sequence[Any]) -> list[ToyVerdict | None]:
+        """The verdict of each query (``metrics.api.BoxQuery``); None for a concept without shape or colour."""
+        checked = [i for i, q in enumerate(queries) if checked_attributes(q.concept.attributes)]
+        readings = self.read(image, [queries[i].pixels for i in checked]) if checked else []
+        out: list[ToyVerdict | None] = [None] * len(queries)
+        for i, prediction in zip(checked, readings, strict=True):
+            out[i] = verdict(prediction, queries[i].concept, queries[i].scene)
+        return out
 
 
 def _file_hash(path: Path) -> str:

@@ -1,23 +1,35 @@
-"""Cones2 (Cones-V2) re-implemented on diffusers: residual token embeddings and layout-guided attention."""
+"""Cones2 (Cones-V2) re-implemented on diffusers: residual token embeddings and layout-guided attention.
 
-from baselines.cones2.attention import Cones2AttnProcessor, Cones2State, layout_bias
-from baselines.cones2.layout import Subject, build_prompt, layout_weights
-from baselines.cones2.method import Cones2Method, method_spec
-from baselines.cones2.residual import load_residual, save_residual, train_residual
-from baselines.cones2.sampler import cones2_sample, euler_update
+The names below are imported from their modules on first use, so importing a light submodule of this
+package (``baselines.cones2.command``, which every ``bench`` command loads) imports no torch.
+"""
 
-__all__ = [
-    "Cones2AttnProcessor",
-    "Cones2Method",
-    "Cones2State",
-    "Subject",
-    "build_prompt",
-    "cones2_sample",
-    "euler_update",
-    "layout_bias",
-    "layout_weights",
-    "load_residual",
-    "method_spec",
-    "save_residual",
-    "train_residual",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "Cones2AttnProcessor": "attention",
+    "Cones2State": "attention",
+    "layout_bias": "attention",
+    "Subject": "layout",
+    "build_prompt": "layout",
+    "layout_weights": "layout",
+    "Cones2Method": "method",
+    "method_spec": "method",
+    "load_residual": "residual",
+    "save_residual": "residual",
+    "train_residual": "residual",
+    "cones2_sample": "sampler",
+    "euler_update": "sampler",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``name`` from the submodule that defines it (PEP 562)."""
+    if name not in _HOMES:
+        raise AttributeError(f"module 'baselines.cones2' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"baselines.cones2.{_HOMES[name]}"), name)

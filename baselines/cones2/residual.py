@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, StableDiffusionPipeline
 from PIL import Image
 
+from bench.safeload import WeightsFileError, load_weights_only
 from bench.spec import Concept
 
 PROMPT_TEMPLATES = (
@@ -225,7 +226,11 @@ def load_residual(path: str | Path, hidden_size: int, length: int, where: str = 
         raise ValueError(
             f"{where}: '{path}' does not exist; expected a Cones2 residual.pt (train one with `bench cones2-train`)"
         )
-    tensor = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        tensor = load_weights_only(path)
+    except WeightsFileError as err:  # names the file; never torch's advice to load it unsafely
+        expected = "a Cones2 residual (a bare tensor saved by `bench cones2-train`)"
+        raise ValueError(f"{where}: '{path}': expected {expected}; {err.reason}") from err
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"{where}: '{path}' holds a {type(tensor).__name__}; expected a bare tensor")
     tensor = tensor.reshape(-1, tensor.shape[-1]) if tensor.ndim else tensor

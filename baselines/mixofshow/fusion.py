@@ -7,7 +7,9 @@ that layer's input activations recorded while concept ``i``'s own merged model r
 
 1. token embeddings: the union of every concept's layer-wise embeddings (nothing optimised);
 2. text encoder (``q/k/v/out_proj``), activations of ``"photo of a <c1> <c2>"`` and ``"<c1> <c2>"``
-   (16 layer-bound copies each, unpadded rows);
+   (16 layer-bound copies each, unpadded rows) through the text encoder with concept ``i``'s LoRA merged
+   at ``text_alpha``, the alpha of its targets (upstream's ``gradient_fusion`` merges each concept at its
+   ``text_encoder_alpha`` before recording);
 3. cross-attention ``to_k``/``to_v``: inputs are the *fused* text encoder's outputs at the concept
    tokens and the EOS token (3 rows per prompt), one layer-wise copy per cross-attention layer;
 4. spatial layers (every other UNet delta: ``attn1.*``, ``attn2.to_q``, ``attn2.to_out.0``): inputs
@@ -330,12 +332,13 @@ class _Fuser:
         for concept in self.concepts:
             concept_grams = _new_grams(te, names)
             tokenizer = self.encoder.tokenizer_for(list(concept.lora.token_embeddings))
-            for template in self.config.text_prompts:
-                prompt = template.format(concept.phrase)
-                n = len(tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids)
-                with _recording(te, names, concept_grams, select=lambda x, n=n: x[:, :n]):
-                    self.encoder.encode(prompt, concepts=[concept.lora], text_lora=_text_only(concept.lora),
-                                        num_layers=layers)
+            # Activations of the concept's own model at text_alpha: the targets use the same alpha.
+            with lora_merged(None, te, [_text_only(concept.lora)], [self.config.text_alpha]):
+                for template in self.config.text_prompts:
+                    prompt = template.format(concept.phrase)
+                    n = len(tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids)
+                    with _recording(te, names, concept_grams, select=lambda x, n=n: x[:, :n]):
+                        self.encoder.encode(prompt, concepts=[concept.lora], num_layers=layers)
             self._fold(quads, te, concept_grams, concept, concept.lora.text_encoder, self.config.text_alpha)
         return self._fit_all("text_encoder", te, quads, self.config.text_iters)
 
@@ -470,4 +473,6 @@ def fusion_key(pipe: StableDiffusionPipeline, concepts: Sequence[FusionConcept],
         "concepts": [{"lora": lora_digest(c.lora), "tokens": list(c.tokens)} for c in concepts],
         "config": asdict(config),
     }
+    if config.text_alpha != 1.0:  # fusions before text activations were recorded at text_alpha (not 1) differ
+        payload["text_activations_at_alpha"] = True
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]

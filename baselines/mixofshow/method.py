@@ -11,13 +11,15 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from diffusers import StableDiffusionPipeline
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler, StableDiffusionPipeline
 
 from baselines.mixofshow.cache import cached_fusion
 from baselines.mixofshow.fusion import FusedModel, FusionConcept, FusionConfig, weights_applied
 from baselines.mixofshow.sampling import RegionPrompt, prepare_fused_layout, regional_sample
+from baselines.specs import mixofshow as declared
+from baselines.specs.mixofshow import DEFAULTS, DEVIATIONS, SCHEDULERS  # noqa: F401 - re-exported
 from bench.methods import Generation, MethodSpec, check_finite
-from bench.pipelines import decode
+from bench.pipelines import decode, shipped_scheduler
 from bench.seeds import initial_noise
 from bench.spec import Scene
 from regions.adapters import SceneAdapters, adapter_refs, no_adapter_note
@@ -25,35 +27,29 @@ from regions.adapters import SceneAdapters, adapter_refs, no_adapter_note
 if TYPE_CHECKING:
     from bench.context import RunContext
 
-DEFAULTS: dict[str, Any] = {
-    "steps": 50,
-    "guidance_scale": 7.5,
-    "fuse": "style",  # 'style': every concept of the scene's style (upstream's one fused model); 'scene'
-    "text_iters": 500,
-    "unet_iters": 50,
-    "text_alpha": 1.0,
-    "unet_alpha": 1.0,
-    "spatial_steps": 50,
-    "spatial_size": "native",  # 'native': the base model's own resolution (512 for SD1.5, as upstream)
-    "fusion_seed": 0,
-    "image_conditions": False,
-    "sketch_adapter": "auto",  # 'auto', 'none', builtin:NAME or a diffusers T2IAdapter folder (regions.adapters)
-    "pose_adapter": "auto",
-}
 
-DEVIATIONS: tuple[str, ...] = (
-    "research branch (the paper's setting): DDIM activation sampling with all steps recorded, fp32 fusion, "
-    "the base model's own scheduler for regional sampling",
-    "fusion streams activations into per-layer Gram matrices X^T X instead of storing them: the same "
-    "objective exactly (no subsampling), bounded memory; L-BFGS runs on it in float64",
-    "fusion targets (W0 + alpha dW_i) X_i are computed analytically instead of recorded from hooked outputs",
-    "the spatial-stage latent is drawn from a seeded CPU generator (fusion_seed); upstream uses global RNG",
-    "regional sampling is the region mechanism shared with LoRA-Composer, with the fused model as the source of "
-    "the region keys/values; region outputs are averaged after to_out.0 (identical: the shares sum to one)",
-    "T2I-Adapter through diffusers' T2IAdapter (diffusers-format folders) and "
-    "down_intrablock_additional_residuals instead of the research fork's Adapter class",
-    "initial noise drawn on the CPU with torch.Generator (bench convention)",
-)
+def sampling_scheduler(pipe: StableDiffusionPipeline, choice: str) -> tuple[Any, dict[str, Any]]:
+    """The regional sampler's scheduler for the parameter ``scheduler`` and what to record about it.
+
+    ``'model'``: the scheduler the base model ships (:func:`bench.pipelines.shipped_scheduler`), as the
+    research branch samples with the model folder's scheduler (PNDM/PLMS for ChilloutMix); the others are
+    made from the shipped scheduler's betas: ``'dpm-solver++'`` (main branch), ``'ddim'``, ``'pndm'``
+    (with ``skip_prk_steps``, i.e. PLMS, as SD's own scheduler config).
+    """
+    shipped = shipped_scheduler(pipe)
+    if choice == "model":
+        scheduler = shipped
+    elif choice == "dpm-solver++":
+        scheduler = DPMSolverMultistepScheduler.from_config(shipped.config, algorithm_type="dpmsolver++")
+    elif choice == "ddim":
+        scheduler = DDIMScheduler.from_config(shipped.config)
+    elif choice == "pndm":
+        scheduler = PNDMScheduler.from_config(shipped.config, skip_prk_steps=True)
+    else:
+        raise ValueError(f"mix-of-show parameter 'scheduler': expected one of {list(SCHEDULERS)}, got {choice!r}")
+    config = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+    return scheduler, {"name": type(scheduler).__name__, "choice": choice,
+                       "shipped": type(shipped).__name__, "config": config}
 
 
 class MixOfShow:
@@ -62,6 +58,9 @@ class MixOfShow:
     def __init__(self, params: Mapping[str, Any]):
         if params["fuse"] not in ("style", "scene"):
             raise ValueError(f"mix-of-show.fuse: expected 'style' or 'scene', got {params['fuse']!r}")
+        if params["scheduler"] not in SCHEDULERS:
+            raise ValueError(f"mix-of-show parameter 'scheduler': expected one of {list(SCHEDULERS)}, "
+                             f"got {params['scheduler']!r}")
         self.params = dict(params)
         self._fused: dict[tuple[str, tuple[str, ...]], tuple[FusedModel, str, bool]] = {}
         self.adapters = SceneAdapters("mix-of-show-adapter")
@@ -107,11 +106,12 @@ class MixOfShow:
         features = self.adapters.features(scene, refs, ctx.assets.condition_image, pipe.unet.device, pipe.unet.dtype)
         shape = (1, pipe.unet.config.in_channels, scene.height // pipe.vae_scale_factor,
                  scene.width // pipe.vae_scale_factor)
+        scheduler, scheduler_record = sampling_scheduler(pipe, self.params["scheduler"])
         with weights_applied(pipe.unet, pipe.text_encoder, fused.unet, fused.text_encoder):
             layout = prepare_fused_layout(pipe, fused.tokens_concept(), scene.prompt, scene.negative_prompt,
                                           regions, features)
             latents = regional_sample(pipe, layout, initial_noise(seed, shape), int(self.params["steps"]),
-                                      float(self.params["guidance_scale"]))
+                                      float(self.params["guidance_scale"]), scheduler=scheduler)
         check_finite(latents, "mix-of-show latents")
         record = {
             "branch": "research",
@@ -120,7 +120,8 @@ class MixOfShow:
             "fusion_config": dataclasses.asdict(self.fusion_config(pipe)),
             "fusion_cache_hit": hit,
             "fusion_objective": fused.fit_summary(),
-            "scheduler": type(pipe.scheduler).__name__,
+            "scheduler": scheduler_record["name"],
+            "sampler": scheduler_record,
             "adapters": refs,
             "adapter_note": no_adapter_note(scene) if self.params["image_conditions"] else None,
         }
@@ -128,13 +129,5 @@ class MixOfShow:
 
 
 def method_specs() -> Sequence[MethodSpec]:
-    """``mix-of-show`` and ``mix-of-show-adapter`` (Mix-of-Show*, with T2I-Adapter conditions)."""
-    with_conditions = {**DEFAULTS, "image_conditions": True}
-    return [
-        MethodSpec(name="mix-of-show", create=MixOfShow, defaults=DEFAULTS, deviations=DEVIATIONS,
-                   description="Mix-of-Show (research branch): gradient fusion of the ED-LoRAs, regionally "
-                               "controllable sampling with region prompts and boxes"),
-        MethodSpec(name="mix-of-show-adapter", create=MixOfShow, defaults=with_conditions, deviations=DEVIATIONS,
-                   description="Mix-of-Show*: as mix-of-show, plus T2I-Adapter sketch/keypose conditions with "
-                               "per-region weights (scenes without image guidance: exactly mix-of-show)"),
-    ]
+    """``mix-of-show`` and ``mix-of-show-adapter``, made by :class:`MixOfShow`."""
+    return declared.method_specs(MixOfShow)

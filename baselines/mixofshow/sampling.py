@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -74,7 +75,11 @@ def prepare_fused_layout(
 
 
 def regional_sample(pipe: StableDiffusionPipeline, layout: PreparedLayout, noise: torch.Tensor,
-                    num_steps: int, guidance_scale: float) -> torch.Tensor:
-    """Sample latents from ``noise`` with the region rewrite on every cross-attention layer, every step."""
-    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+                    num_steps: int, guidance_scale: float, scheduler: Any = None) -> torch.Tensor:
+    """Sample latents from ``noise`` with the region rewrite on every cross-attention layer, every step.
+
+    ``scheduler``: a fresh scheduler to sample with (default: a copy of the pipeline's).
+    """
+    if scheduler is None:
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     return RegionSampler(pipe.unet, scheduler, layout, mixofshow_settings(num_steps, guidance_scale))(noise).latents

@@ -24,7 +24,6 @@ UNet and ``encoder.layers.0.self_attn.q_proj`` in the text encoder (no ``text_mo
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +37,7 @@ from torch import nn
 
 from bench.layers import cross_attention_layers
 from bench.lora.canonical import ConceptLora, LoraDelta
+from bench.safeload import WeightsFileError, load_weights_only
 
 SUFFIXES = (".safetensors", ".pth", ".pt")
 EDLORA, DIFFUSERS, KOHYA = "edlora", "diffusers", "kohya"
@@ -48,7 +48,7 @@ class LoraError(ValueError):
     """A LoRA file cannot be used; the message names the file, the key or field, and what was expected."""
 
     def __init__(self, file: str | Path, field: str, expected: str, got: Any = None):
-        self.file, self.field, self.expected = str(file), field, expected
+        self.file, self.field, self.expected, self.got = str(file), field, expected, got
         got_text = "" if got is None else f" (got {got})"
         super().__init__(f"{file}: {field}: expected {expected}{got_text}")
 
@@ -172,21 +172,13 @@ def _delta(
 
 
 def _read_pickle(path: Path, where: str) -> Any:
+    """The file's object through ``torch.load(weights_only=True)``; a file carrying code is refused unrun."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LoraError(
-            path,
-            where,
-            "a file of plain tensors and dicts; torch.load(weights_only=True) "
-            "refused it because it carries pickled code",
-            first_line,
-        ) from exc
-    except Exception as exc:  # corrupt or truncated file: torch raises RuntimeError, EOFError, ...
-        raise LoraError(
-            path, where, "a readable torch .pth/.pt file", f"{type(exc).__name__}: {exc}"
-        ) from exc
+        return load_weights_only(path)
+    except WeightsFileError as exc:
+        if exc.carries_code:
+            raise LoraError(path, where, f"a file of plain tensors and dicts; {exc.reason}") from exc
+        raise LoraError(path, where, "a readable torch .pth/.pt file", exc.detail) from exc
 
 
 def _read_safetensors(path: Path, where: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

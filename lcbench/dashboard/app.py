@@ -10,9 +10,9 @@ import sys
 
 import streamlit as st
 
+from lcbench.dashboard.data import get_catalog
 from lcbench.dashboard.launch import AppConfig, app_config
 from lcbench.study.db import StudyDB
-from lcbench.study.runs import RunCatalog
 
 VIEW_STUDY = "User study"
 VIEW_ADMIN = "Study admin"
@@ -36,12 +36,12 @@ def main(config: AppConfig) -> None:
             return
         from lcbench.dashboard.results import render_results
 
-        render_results(RunCatalog(list(config.runs)))
+        render_results(get_catalog(list(config.runs)))
         return
 
     db = StudyDB(config.study)
     recorded = study_runs(db)
-    catalog = RunCatalog(list(dict.fromkeys([*map(str, config.runs), *recorded])))
+    catalog = get_catalog(list(dict.fromkeys([*map(str, config.runs), *recorded])))
     with db.connect() as con:
         run_paths = {row["id"]: row["run_path"] for row in con.execute("SELECT id, run_path FROM questions")}
     view = st.sidebar.radio("View", [VIEW_STUDY, VIEW_ADMIN], key="view")
@@ -49,13 +49,14 @@ def main(config: AppConfig) -> None:
 
     if view == VIEW_STUDY:
         render_participant(db, catalog, run_paths)
-    else:
-        render_admin(db)
-        if st.session_state.get("admin_token") and _admin_ok(db):
+        return
+    render_admin(db, catalog)
+    if st.session_state.get("admin_token") and _admin_ok(db):
+        # the results view is built only when the admin opens it
+        if st.toggle("Show the automatic scores and images of the study's runs", value=False, key="admin_results"):
             from lcbench.dashboard.results import render_results
 
-            with st.expander("Automatic scores and images of the study's runs"):
-                render_results(catalog)
+            render_results(catalog)
 
 
 def _admin_ok(db: StudyDB) -> bool:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from lcbench.study.analysis import agreement, answers_frame, table3, table3_text
+from lcbench.study.analysis import agreement_table, answers_frame, table3, table3_text
 from lcbench.study.db import AccessDenied, Question, StudyDB
 from lcbench.study.export import EXPORT_COLUMNS
 from lcbench.study.runs import AccessError, RunCatalog
 
 RATING_HELP = "1 = not at all, 5 = perfectly"
+RATING_LABELS = {1: "1 (not at all)", 2: "2", 3: "3", 4: "4", 5: "5 (perfectly)"}
 T2I_LABEL = "Text-to-image alignment: how well does the image match the prompt?"
 I2I_LABEL = "Image-to-image alignment: how much do the characters look like their reference images?"
 
@@ -75,6 +77,7 @@ def render_participant(db: StudyDB, catalog: RunCatalog, run_paths: dict[int, st
         st.caption(f"{concept['id']}: {concept['prompt']}")
     st.image(question_image(catalog, question, run_paths[question.id]), caption="Generated image", width=384)
     with st.form(key=f"question_{question.id}"):
+        st.markdown(f"**Rating scale:** {RATING_HELP}")
         t2i = st.radio(
             T2I_LABEL,
             [1, 2, 3, 4, 5],
@@ -82,6 +85,7 @@ def render_participant(db: StudyDB, catalog: RunCatalog, run_paths: dict[int, st
             horizontal=True,
             key=f"t2i_{question.id}",
             help=RATING_HELP,
+            format_func=RATING_LABELS.__getitem__,
         )
         i2i = st.radio(
             I2I_LABEL,
@@ -90,6 +94,7 @@ def render_participant(db: StudyDB, catalog: RunCatalog, run_paths: dict[int, st
             horizontal=True,
             key=f"i2i_{question.id}",
             help=RATING_HELP,
+            format_func=RATING_LABELS.__getitem__,
         )
         submitted = st.form_submit_button("Submit answer")
     if submitted:
@@ -100,7 +105,7 @@ def render_participant(db: StudyDB, catalog: RunCatalog, run_paths: dict[int, st
         st.rerun()
 
 
-def render_admin(db: StudyDB, results: object | None = None) -> None:
+def render_admin(db: StudyDB, catalog: RunCatalog | None = None) -> None:
     """Progress per participant, Table 3, agreement and the CSV download, behind the admin token."""
     st.header("Study admin")
     token = _login("Admin token", key="admin_token", password=True)
@@ -136,12 +141,8 @@ def render_admin(db: StudyDB, results: object | None = None) -> None:
     groups = list(dict.fromkeys(table.columns.get_level_values(0)))
     group = st.selectbox("Scenes", groups, key="table3_group")
     st.dataframe(table3_text(table, group))
-    st.subheader("Inter-rater agreement (Krippendorff's alpha, ordinal)")
-    alpha = agreement(answers)
-    st.dataframe(
-        [{"criterion": k, "alpha": None if v != v else round(v, 3)} for k, v in alpha.items()],
-        hide_index=True,
-    )
+    render_agreement(answers)
+    render_metric_agreement(answers, catalog)
     csv = answers.reindex(columns=list(EXPORT_COLUMNS)).to_csv(index=False)
     st.download_button(
         "Download answers (CSV)",
@@ -150,3 +151,47 @@ def render_admin(db: StudyDB, results: object | None = None) -> None:
         mime="text/csv",
         key="download_csv",
     )
+
+
+def render_agreement(answers: pd.DataFrame) -> None:
+    """Krippendorff's alpha per criterion with its n, and a sentence wherever it cannot be computed."""
+    st.subheader("Inter-rater agreement (Krippendorff's alpha, ordinal)")
+    rows = agreement_table(answers)
+    st.dataframe(
+        [
+            {
+                "criterion": r["criterion"],
+                "alpha": None if r["alpha"] != r["alpha"] else round(r["alpha"], 3),
+                "questions rated by 2+ raters": r["questions"],
+                "ratings on them": r["ratings"],
+                "raters": r["raters"],
+            }
+            for r in rows
+        ],
+        hide_index=True,
+        key="agreement",
+    )
+    for r in rows:
+        if r["note"]:
+            st.info(f"{r['criterion']}: alpha {r['note']}.")
+
+
+def render_metric_agreement(answers: pd.DataFrame, catalog: RunCatalog | None) -> None:
+    """Metric-human agreement: how well the automatic scores of the rated images follow the ratings.
+
+    Filled by ``reports.agreement``: its ``metric_human_agreement(answers, run_roots)`` returns a table that
+    is shown here; until that module (or function) exists this section says so and shows nothing else.
+    """
+    import importlib
+    import importlib.util
+
+    st.subheader("Metric-human agreement")
+    if importlib.util.find_spec("reports.agreement") is None:
+        st.caption("Not available in this version (no reports.agreement module).")
+        return
+    compute = getattr(importlib.import_module("reports.agreement"), "metric_human_agreement", None)
+    if compute is None:
+        st.caption("Not available in this version (reports.agreement has no metric_human_agreement).")
+        return
+    roots = [str(run.root) for run in catalog.runs.values()] if catalog is not None else []
+    st.dataframe(compute(answers, roots), key="metric_agreement")

@@ -92,17 +92,34 @@ def reliability_matrix(answers: pd.DataFrame, criterion: str) -> np.ndarray:
 
 def agreement(answers: pd.DataFrame, level: str = "ordinal") -> dict[str, float]:
     """Krippendorff's alpha per criterion (NaN when fewer than two raters share a question)."""
-    out = {}
+    return {row["criterion"]: row["alpha"] for row in agreement_table(answers, level)}
+
+
+NOT_SHARED = ("cannot be computed: fewer than two raters share a question (alpha compares ratings of the same "
+              "question, so at least two raters must answer one)")
+NO_VARIATION = "cannot be computed: every shared rating has the same value (alpha is 0/0)"
+
+
+def agreement_table(answers: pd.DataFrame, level: str = "ordinal") -> list[dict[str, Any]]:
+    """Per criterion: ``alpha`` (NaN when it cannot be computed), ``questions`` (rated by two or more raters),
+    ``ratings`` (on those questions), ``raters`` and ``note`` (the sentence saying why alpha is missing)."""
+    out = []
     for column, name in CRITERIA.items():
         matrix = reliability_matrix(answers, column)
-        shared = (np.sum(~np.isnan(matrix), axis=0) >= 2).any() if matrix.size else False
-        values = np.unique(matrix[~np.isnan(matrix)]) if matrix.size else np.array([])
-        if not shared or values.size < 2:
-            out[name] = math.nan
-            continue
-        out[name] = float(
-            krippendorff.alpha(
-                reliability_data=matrix, level_of_measurement=level, value_domain=[1, 2, 3, 4, 5]
+        counts = np.sum(~np.isnan(matrix), axis=0) if matrix.size else np.array([], dtype=int)
+        shared = counts >= 2
+        pairable = matrix[:, shared] if matrix.size else np.empty((0, 0))
+        values = np.unique(pairable[~np.isnan(pairable)]) if pairable.size else np.array([])
+        row: dict[str, Any] = {"criterion": name, "alpha": math.nan, "questions": int(shared.sum()),
+                               "ratings": int(counts[shared].sum()) if counts.size else 0,
+                               "raters": int(matrix.shape[0]) if matrix.size else 0, "note": ""}
+        if not shared.any():
+            row["note"] = NOT_SHARED
+        elif values.size < 2:
+            row["note"] = NO_VARIATION
+        else:
+            row["alpha"] = float(
+                krippendorff.alpha(reliability_data=matrix, level_of_measurement=level, value_domain=[1, 2, 3, 4, 5])
             )
-        )
+        out.append(row)
     return out

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.spec import DatasetSpec, Scene
 from lcbench.study.db import DB_NAME, StudyDB, StudyError, hash_token
-from lcbench.study.design import StudyDesignError, participant_order, select_questions
+from lcbench.study.design import StudyDesignError, participant_order, select_questions, usable_items
 from lcbench.study.runs import ImageItem, RunCatalog, RunInfo
 
 CODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -68,11 +68,20 @@ def _participant_codes(participants: int | Sequence[str]) -> list[str]:
     return codes
 
 
+DEFAULT_QUESTIONS = 60
+
+
+def _is_reference(catalog: RunCatalog, item: ImageItem) -> bool:
+    entry = catalog.run(item.run).manifest.get("methods", {}).get(item.method) or {}
+    return isinstance(entry, dict) and entry.get("reference") is not None
+
+
 def _filter_methods(
     catalog: RunCatalog, items: list[ImageItem], methods: Sequence[str] | None
 ) -> list[ImageItem]:
+    """Items of the named methods; without names, every method but the calibration references."""
     if not methods:
-        return items
+        return [it for it in items if not _is_reference(catalog, it)]
     known = sorted({it.label for it in items} | {it.method for it in items})
     unknown = [m for m in methods if m not in known]
     if unknown:
@@ -138,12 +147,17 @@ def create_study(
     run_dirs: Sequence[str | Path],
     out: str | Path,
     methods: Sequence[str] | None = None,
-    questions_per_participant: int = 60,
+    questions_per_participant: int | None = None,
     participants: int | Sequence[str] = 25,
     seed: int = 0,
     max_references: int = 4,
 ) -> StudyInfo:
-    """Build a study folder at ``out`` from runs; return its path, admin token and participant codes."""
+    """Build a study folder at ``out`` from runs; return its path, admin token and participant codes.
+
+    ``questions_per_participant`` None asks about every usable image up to :data:`DEFAULT_QUESTIONS`, so a
+    small run fits; a number larger than the usable images is an error naming the largest that fits.
+    Calibration references are left out unless ``methods`` names them.
+    """
     out = Path(out).resolve()
     if (out / DB_NAME).exists():
         raise StudyError(
@@ -153,6 +167,8 @@ def create_study(
         raise StudyError(f"{out}: expected a new or empty folder for the study")
     catalog = RunCatalog(list(run_dirs))
     items = _filter_methods(catalog, catalog.items(), methods)
+    if questions_per_participant is None:
+        questions_per_participant = max(1, min(DEFAULT_QUESTIONS, len(usable_items(items))))
     chosen = select_questions(items, questions_per_participant, seed)
     codes = _participant_codes(participants)
     token = secrets.token_urlsafe(24)

@@ -20,6 +20,9 @@ from typing import Any
 
 DB_NAME = "study.sqlite"
 RATING_RANGE = (1, 5)
+# How long a writer waits for another's transaction: generous, as a busy machine may not schedule the
+# lock holder for a while (a participant's answer must wait, never fail).
+BUSY_TIMEOUT_S = 120.0
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -135,13 +138,13 @@ class StudyDB:
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
-        """A short-lived connection (WAL, foreign keys on, 30 s busy timeout), closed afterwards."""
-        con = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        """A short-lived connection (WAL, foreign keys on, a busy timeout of BUSY_TIMEOUT_S), closed afterwards."""
+        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
             con.row_factory = sqlite3.Row
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA foreign_keys=ON")
-            con.execute("PRAGMA busy_timeout=30000")
+            con.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             yield con
         finally:
             con.close()

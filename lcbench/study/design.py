@@ -45,15 +45,21 @@ def _split_evenly(total: int, capacities: dict[int, int], rng: random.Random) ->
     return quotas
 
 
+def usable_items(items: Sequence[ImageItem]) -> list[ImageItem]:
+    """The images a study can ask about: finished, with a known scene."""
+    return [it for it in items if it.ok and it.n_concepts is not None]
+
+
 def select_questions(items: Sequence[ImageItem], count: int, seed: int) -> list[ImageItem]:
     """Pick ``count`` images balanced over concept counts, then over methods on shared (scene, seed) slots."""
     if count < 1:
         raise StudyDesignError(f"questions_per_participant: expected an integer >= 1 (got {count})")
-    usable = [it for it in items if it.ok and it.n_concepts is not None]
+    usable = usable_items(items)
     if len(usable) < count:
         raise StudyDesignError(
             f"questions_per_participant: expected at most {len(usable)} (the number of finished images "
-            f"with a known scene in the chosen runs and methods), got {count}"
+            f"with a known scene in the chosen runs and methods), got {count}; pass --questions {len(usable)} "
+            "(or fewer), or leave --questions out to ask about every image up to the default"
         )
     by_group: dict[int, dict[tuple[str, int], list[ImageItem]]] = defaultdict(lambda: defaultdict(list))
     for it in usable:
