@@ -121,6 +121,12 @@ def test_score_makes_the_references_first_and_scores_them(tmp_path: Path, fake_p
 
 
 TOY_METRICS = ("clip_i", "clip_i@official", "clip_t", "clip_t@official", "vanishing", "confusion")
+# Measured on the committed toy world (README, "The toy benchmark"): CLIP-T scores a blank image above the
+# swapped oracle (the toy CLIP was trained on colour captions, not class words); vanishing misses the
+# swapped-vs-noise gap by a hair (0.101 < 0.104); confusion cannot order swapped below blank, whose empty boxes
+# confuse nothing. A retrained world must change this table, and the README with it.
+TOY_CALIBRATION = {"clip_i": True, "clip_i@official": True, "clip_t": False, "clip_t@official": False,
+                   "vanishing": False, "confusion": False}
 
 
 @pytest.mark.slow
@@ -133,14 +139,14 @@ def test_toy_metrics_pass_the_calibration_check_or_are_dropped_with_the_reason(t
 
     run = tmp_path / "run"
     assert main(["--quiet", "--plugins", str(fake_plugin), "run", "--methods", "fake-solid", "--dataset", "toy",
-                 "--scenes", "ruby_jade,ruby_amber_cobalt,all_four", "--seeds", "4", "--out", str(run)]) == 0
+                 "--out", str(run)]) == 0  # the default toy benchmark: the main job's scenes and seeds
     assert main(["--quiet", "score", str(run), "--metrics", ",".join(TOY_METRICS)]) == 0
     check = calibration_check(load_scores([run]))
     verdicts = {metric: bool(check.loc[metric, "passed"]) for metric in TOY_METRICS}
     assert verdicts == TOY_CALIBRATION, check["reason"].to_dict()
     assert main(["--quiet", "report", str(run), "--format", "md", "--out", str(tmp_path / "report")]) == 0
     index = (tmp_path / "report" / "index.md").read_text()
-    table1 = (tmp_path / "report" / "table1.md").read_text()
+    table1 = (tmp_path / "report" / "tables" / "table1.md").read_text()
     for metric, passed in TOY_CALIBRATION.items():
         assert (f"- `{metric}`: dataset toy: " in index) is not passed, metric  # the reason, for a failing one
     assert ("Mean-T" in table1 or "Real-T" in table1) is TOY_CALIBRATION["clip_t"]
