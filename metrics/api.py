@@ -83,6 +83,7 @@ class MetricSpec:
     higher_is_better: bool = True
     percent: bool = False
     decimals: int = 3
+    calibrated: bool = True  # False: a check of a scoring model, not a score of images (no calibration check)
 
     def resolve_params(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults merged with overrides; an unknown parameter is an error naming the expected keys."""

@@ -143,6 +143,7 @@ def builtin_metrics() -> list[MetricSpec]:
             needs=("box_judge", "dataset_judge"),
             percent=True,
             decimals=1,
+            calibrated=False,
         ),
     ]
 

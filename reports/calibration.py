@@ -100,7 +100,9 @@ def calibration_check(frame: pd.DataFrame, k: float = 3.0) -> pd.DataFrame:
 
     ``frame`` is :func:`reports.load.load_scores`'s frame of one dataset.
     """
-    directions = {metric: _direction(frame, metric) for metric in frame["metric"].unique()}
+    infos = frame.attrs.get("metrics") or {}
+    checked = [m for m in frame["metric"].unique() if m not in infos or infos[m].calibrated]
+    directions = {metric: _direction(frame, metric) for metric in checked}
     bare = frame[["metric", "method", "run", "scene", "index", "value"]].copy()
     bare.attrs = {}  # pandas deep-copies attrs on every operation
     stats = _seed_stats(bare)

@@ -39,6 +39,7 @@ class MetricInfo:
     decimals: int
     model: str | None
     random_model: bool
+    calibrated: bool = True  # False: not held to the calibration check (see MetricSpec.calibrated)
 
     @property
     def arrow(self) -> str:
@@ -87,6 +88,7 @@ def metric_info(key: str, conventions: Mapping[str, Any], registry: Mapping[str,
         decimals=int(spec.decimals) if spec is not None else (1 if rate else 3),
         model=conventions.get("model"),
         random_model=_random_scorer(conventions, tuple(spec.needs) if spec is not None else ()),
+        calibrated=bool(getattr(spec, "calibrated", True)),
     )
 
 

@@ -150,3 +150,22 @@ def test_toy_metrics_pass_the_calibration_check_or_are_dropped_with_the_reason(t
     for metric, passed in TOY_CALIBRATION.items():
         assert (f"- `{metric}`: dataset toy: " in index) is not passed, metric  # the reason, for a failing one
     assert ("Mean-T" in table1 or "Real-T" in table1) is TOY_CALIBRATION["clip_t"]
+
+
+def test_a_check_of_the_judge_is_not_held_to_the_calibration_check() -> None:
+    """``judge_agreement`` scores the judge, not the images: the check leaves it out (MetricSpec.calibrated)."""
+    import pandas as pd
+
+    from reports.calibration import calibration_check
+    from reports.info import FLOOR_BLANK, NOISE, ORACLE, SWAPPED, metric_info
+
+    rows = [{"metric": metric, "method": method, "run": "r", "scene": "s", "index": index, "value": value,
+             "kind": "rate"}
+            for metric in ("vanishing", "judge_agreement")
+            for method, value in ((ORACLE, 0.0), (SWAPPED, 0.5), (FLOOR_BLANK, 1.0), (NOISE, 1.0))
+            for index in range(3)]
+    frame = pd.DataFrame(rows)
+    frame.attrs["metrics"] = {m: metric_info(m, {"metric": m, "kind": "rate"})
+                              for m in ("vanishing", "judge_agreement")}
+    assert not frame.attrs["metrics"]["judge_agreement"].calibrated and frame.attrs["metrics"]["vanishing"].calibrated
+    assert list(calibration_check(frame).index) == ["vanishing"]
