@@ -1,8 +1,8 @@
 """Measure how far a box judge agrees with the toy classifier on the toy world's oracle renders.
 
-    python scripts/validate_judges.py [--judge identity=clip,min_similarity=0.5] [--seeds 4] [--out FILE.md]
+    python scripts/validate_judges.py [--judge identity=clip,min_similarity=0.35] [--seeds 4] [--out FILE.md]
 
-The candidate (default: CLIP similarity with the toy CLIP, ``min_similarity`` 0.5, see the README) is
+The candidate (default: CLIP similarity with the toy CLIP, ``min_similarity`` 0.35, see the README) is
 compared box by box with the toy classifier (``builtin:toy-classifier``) on perfect, swapped and blank
 renders of every toy scene (:mod:`metrics.judges.validation`). Prints the agreement per condition and
 the boxes where the judges disagree; ``--out`` also writes the table as Markdown.
@@ -23,7 +23,7 @@ from metrics.context import ScoreContext
 from metrics.judges.spec import build_judge
 from metrics.judges.validation import validate_judge
 
-DEFAULT_JUDGE = "identity=clip,min_similarity=0.5"
+DEFAULT_JUDGE = "identity=clip,min_similarity=0.35"
 
 
 def main(argv: list[str] | None = None) -> int:
