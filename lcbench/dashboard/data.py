@@ -23,6 +23,7 @@ from reports.aggregate import IMAGE_KEYS
 from reports.boxes import draw_boxes
 from reports.calibration import calibration_by_dataset, failing
 from reports.load import load_scores
+from reports.render import ReportOptions
 from reports.tables import ScoreTable, overview, per_scene, prepare, table1, table2
 
 NO_SCORES = "No scores yet: run `bench score` on these runs to fill Table 1 and the per-image scores."
@@ -132,15 +133,6 @@ class Filters:
     scenes: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Options:
-    """How the tables compute: aggregation, pooling of runs, uncalibrated metrics kept, calibration k."""
-
-    aggregation: str = "bench"
-    pool: bool = False
-    show_uncalibrated: bool = False
-    k: float = 3.0
-
 
 def filter_frame(frame: pd.DataFrame, filters: Filters) -> pd.DataFrame:
     """The score rows that pass the filters (reference rows pass the method filter)."""
@@ -164,7 +156,8 @@ def _prepared(roots: tuple[str, ...], stamp: Stamp, filters: Filters, pool: bool
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def table(name: str, roots: tuple[str, ...], stamp: Stamp, filters: Filters, options: Options) -> ScoreTable | None:
+def table(name: str, roots: tuple[str, ...], stamp: Stamp, filters: Filters,
+          options: ReportOptions) -> ScoreTable | None:
     """One table (``table1``, ``table2``, ``per_scene``, ``overview``) of the filtered scores; None when empty."""
     prep = _prepared(roots, stamp, filters, options.pool)
     if prep is None:

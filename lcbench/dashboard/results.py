@@ -21,7 +21,7 @@ from lcbench.study.runs import ImageItem, RunCatalog
 from reports.aggregate import AGGREGATIONS, INTERVAL
 from reports.format import display_frame, header, legend, to_csv, to_latex
 from reports.info import MetricInfo
-from reports.render import calibration_display, conventions_table
+from reports.render import ReportOptions, calibration_display, conventions_table
 from reports.tables import ScoreTable, aggregation_sentence
 
 SECTIONS = ("Tables", "Per scene", "Plots", "Images", "A/B", "Seeds")
@@ -67,7 +67,7 @@ def show_table(name: str, title: str, table: ScoreTable | None) -> None:
     downloads(name, table)
 
 
-def render_tables(roots: tuple[str, ...], stamp: data.Stamp, filters: data.Filters, options: data.Options,
+def render_tables(roots: tuple[str, ...], stamp: data.Stamp, filters: data.Filters, options: ReportOptions,
                   scores: data.Scores, cat: RunCatalog) -> None:
     """Table 1, Table 2, the calibration check, the conventions, per-image scores and row provenance."""
     assert scores.frame is not None
@@ -295,7 +295,7 @@ def _is_reference(cat: RunCatalog, item: ImageItem) -> bool:
 
 
 # -- the view ---------------------------------------------------------------------------------------
-def sidebar_filters(cat: RunCatalog, items: list[ImageItem]) -> tuple[data.Filters, data.Options, bool]:
+def sidebar_filters(cat: RunCatalog, items: list[ImageItem]) -> tuple[data.Filters, ReportOptions, bool]:
     """The filters and options in the sidebar; returns them and whether boxes are drawn."""
     side = st.sidebar
     side.header("Filters")
@@ -318,7 +318,7 @@ def sidebar_filters(cat: RunCatalog, items: list[ImageItem]) -> tuple[data.Filte
     side.number_input("Zoom (0: automatic)", min_value=0, max_value=16, value=0, step=1, key="zoom",
                       help="integer enlargement with nearest-neighbour sampling")
     filters = data.Filters(tuple(chosen_styles), tuple(chosen_counts), tuple(chosen_methods), tuple(chosen_scenes))
-    return filters, data.Options(aggregation, pool, uncalibrated), boxes
+    return filters, ReportOptions(aggregation, pool, uncalibrated), boxes
 
 
 def filter_items(cat: RunCatalog, items: list[ImageItem], filters: data.Filters) -> list[ImageItem]:
