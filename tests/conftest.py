@@ -46,3 +46,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the tiny dataset whose assets live in a folder the test may break."""
+    import shutil
+
+    import yaml
+
+    from bench.assets import AssetResolver
+    from bench.spec import load_spec
+
+    tiny = load_spec(REPO / "datasets" / "random.yaml")
+    assets = tmp_path / "assets"
+    shutil.copytree(AssetResolver(tiny, None).root, assets)
+    data = yaml.safe_load((REPO / "datasets" / "random.yaml").read_text())
+    data["asset_root"] = str(assets)
+    data["name"] = "tiny-copy"
+    spec = tmp_path / "tiny-copy.yaml"
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
+    return spec, assets

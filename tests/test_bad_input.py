@@ -9,25 +9,9 @@ import pytest
 import torch
 import yaml
 
-from bench.assets import AssetResolver
-from bench.spec import load_spec
 from lcbench.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def dataset(tmp_path: Path) -> tuple[Path, Path]:
-    """A copy of the tiny dataset whose assets live in a folder the test may break."""
-    tiny = load_spec(REPO / "datasets" / "random.yaml")
-    assets = tmp_path / "assets"
-    shutil.copytree(AssetResolver(tiny, None).root, assets)
-    data = yaml.safe_load((REPO / "datasets" / "random.yaml").read_text())
-    data["asset_root"] = str(assets)
-    data["name"] = "tiny-copy"
-    spec = tmp_path / "tiny-copy.yaml"
-    spec.write_text(yaml.safe_dump(data, sort_keys=False))
-    return spec, assets
 
 
 def run(spec: Path, out: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:

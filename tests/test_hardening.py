@@ -549,20 +549,6 @@ def test_a_method_image_of_the_wrong_size_is_a_failed_item(tmp_path: Path) -> No
 # Files that carry pickled code: refused through every entry point, never run
 
 
-@pytest.fixture
-def dataset(tmp_path: Path) -> tuple[Path, Path]:
-    """A copy of the tiny dataset whose assets live in a folder the test may break."""
-    tiny = load_spec(REPO / "datasets" / "random.yaml")
-    assets = tmp_path / "assets"
-    shutil.copytree(AssetResolver(tiny, None).root, assets)
-    data = yaml.safe_load((REPO / "datasets" / "random.yaml").read_text())
-    data["asset_root"] = str(assets)
-    data["name"] = "tiny-copy"
-    spec = tmp_path / "tiny-copy.yaml"
-    spec.write_text(yaml.safe_dump(data, sort_keys=False))
-    return spec, assets
-
-
 def _evil(path: Path, marker: Path) -> Path:
     torch.save({"params": {"unet": {}, "x": _touching_payload(marker)}}, path)
     return path
