@@ -10,8 +10,9 @@
   LoRA merged and the region prompt (averaged where boxes overlap).
 
 All three share one denoising loop (:func:`denoise`), the layer-wise (ED-LoRA) prompt encoding of
-:mod:`baselines.sampling`, and merge LoRAs only for the forwards that use them, so the shared base
-pipeline is unchanged afterwards.
+:mod:`baselines.sampling`, and merge LoRAs only for the forwards that use them (each LoRA's merged weights
+computed once per image, :func:`bench.lora.apply.lora_switcher`), so the shared base pipeline is unchanged
+afterwards.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from baselines.specs.combination import (  # noqa: F401 - the declarations, re-e
     SWITCH_DEVIATIONS,
 )
 from bench.boxes import Box, box_to_grid
-from bench.lora.apply import lora_merged
+from bench.lora.apply import lora_switcher
 from bench.lora.canonical import ConceptLora
 from bench.methods import Generation, MethodSpec, check_finite
 from bench.pipelines import decode
@@ -96,13 +97,15 @@ def switch_latents(pipe: StableDiffusionPipeline, prompt: str, negative: str, lo
         raise ValueError(f"lora-switch.switch_every: expected an integer >= 1, got {switch_every}")
     embeds = [encode_pair(pipe, prompt, negative, loras, text_lora=lora) for lora in loras]
 
-    def predict(state: LayerwiseState, latents: torch.Tensor, t: torch.Tensor, scheduler: Any, i: int
-                ) -> torch.Tensor:
-        k = active_lora(i, switch_every, len(loras))
-        with lora_merged(pipe.unet, None, [unet_only(loras[k])], [weight]):
+    with lora_switcher(pipe.unet, None, [unet_only(lora) for lora in loras], [weight] * len(loras)) as use:
+
+        def predict(state: LayerwiseState, latents: torch.Tensor, t: torch.Tensor, scheduler: Any, i: int
+                    ) -> torch.Tensor:
+            k = active_lora(i, switch_every, len(loras))
+            use(k)
             return guided(pipe, state, embeds[k], latents, t, scheduler, guidance_scale)
 
-    return denoise(pipe, seed, width, height, steps, predict)
+        return denoise(pipe, seed, width, height, steps, predict)
 
 
 def composite_latents(pipe: StableDiffusionPipeline, prompt: str, negative: str, loras: Sequence[ConceptLora],
@@ -111,15 +114,17 @@ def composite_latents(pipe: StableDiffusionPipeline, prompt: str, negative: str,
     """LoRA Composite: every step, the mean over LoRAs of each LoRA's own guided noise prediction."""
     embeds = [encode_pair(pipe, prompt, negative, loras, text_lora=lora) for lora in loras]
 
-    def predict(state: LayerwiseState, latents: torch.Tensor, t: torch.Tensor, scheduler: Any, i: int
-                ) -> torch.Tensor:
-        total = torch.zeros_like(latents)
-        for lora, embed in zip(loras, embeds, strict=True):
-            with lora_merged(pipe.unet, None, [unet_only(lora)], [weight]):
-                total += guided(pipe, state, embed, latents, t, scheduler, guidance_scale)
-        return total / len(loras)
+    with lora_switcher(pipe.unet, None, [unet_only(lora) for lora in loras], [weight] * len(loras)) as use:
 
-    return denoise(pipe, seed, width, height, steps, predict)
+        def predict(state: LayerwiseState, latents: torch.Tensor, t: torch.Tensor, scheduler: Any, i: int
+                    ) -> torch.Tensor:
+            total = torch.zeros_like(latents)
+            for k, embed in enumerate(embeds):
+                use(k)
+                total += guided(pipe, state, embed, latents, t, scheduler, guidance_scale)
+            return total / len(loras)
+
+        return denoise(pipe, seed, width, height, steps, predict)
 
 
 def regional_latents(pipe: StableDiffusionPipeline, prompt: str, negative: str,
@@ -135,18 +140,22 @@ def regional_latents(pipe: StableDiffusionPipeline, prompt: str, negative: str,
         masks[r, ..., y0:y1, x0:x1] = 1.0
     count = masks.sum(0)
 
-    def predict(state: LayerwiseState, latents: torch.Tensor, t: torch.Tensor, scheduler: Any, i: int
-                ) -> torch.Tensor:
-        noise = guided(pipe, state, global_embeds, latents, t, scheduler, guidance_scale)
-        inside = torch.zeros_like(latents)
-        for (*_, lora), embed, mask in zip(regions, region_embeds, masks, strict=True):
-            if mask.any():
-                with lora_merged(pipe.unet, None, [unet_only(lora)], [weight]):
-                    inside += guided(pipe, state, embed, latents, t, scheduler, guidance_scale) * mask.to(latents)
-        covered = count.to(latents)
-        return torch.where(covered > 0, inside / covered.clamp(min=1), noise)
+    loras = [unet_only(lora) for *_, lora in regions]
+    with lora_switcher(pipe.unet, None, loras, [weight] * len(loras)) as use:
 
-    return denoise(pipe, seed, width, height, steps, predict)
+        def predict(state: LayerwiseState, latents: torch.Tensor, t: torch.Tensor, scheduler: Any, i: int
+                    ) -> torch.Tensor:
+            use(None)
+            noise = guided(pipe, state, global_embeds, latents, t, scheduler, guidance_scale)
+            inside = torch.zeros_like(latents)
+            for r, (embed, mask) in enumerate(zip(region_embeds, masks, strict=True)):
+                if mask.any():
+                    use(r)
+                    inside += guided(pipe, state, embed, latents, t, scheduler, guidance_scale) * mask.to(latents)
+            covered = count.to(latents)
+            return torch.where(covered > 0, inside / covered.clamp(min=1), noise)
+
+        return denoise(pipe, seed, width, height, steps, predict)
 
 
 # ----------------------------------------------------------------------------------------------

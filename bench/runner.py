@@ -6,10 +6,11 @@ reports it did. A killed run resumes: an item is skipped only when it checks out
 names it, its image decodes at the scene's size); a broken one is made again. A failed item
 (exception, out-of-memory, non-finite output, an image of the wrong size) is recorded and the run goes on.
 
-Several processes (``accelerate launch``, ``torchrun``: RANK, WORLD_SIZE, LOCAL_RANK, checked before
-anything is written) split the plan: rank r of n takes items r, r+n, ... Every rank checks that the run
-folder's manifest belongs to its spec and seed scheme (rank > 0 waits a bounded time for rank 0's); one
-run-level lock (:meth:`bench.store.RunStore.lock`) lets only the ranks of one launch write at once.
+Several processes (``accelerate launch``, ``torchrun``, ``bench run --workers``: RANK, WORLD_SIZE,
+LOCAL_RANK, checked before anything is written) split the plan: rank r of n takes items r, r+n, ... Every
+rank checks that the run folder's manifest belongs to its spec and seed scheme (rank > 0 waits a bounded
+time for rank 0's); one run-level lock (:meth:`bench.store.RunStore.lock`) lets only the ranks of one launch
+write at once.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from bench.store import ItemKey, RunStore, StoreError
 
 RECORDED_PACKAGES = ("torch", "diffusers", "transformers", "peft", "open_clip_torch", "safetensors", "lcbench")
 MANIFEST_WAIT_S = 600.0  # how long rank > 0 waits for rank 0 to write (or extend) the manifest
-LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")  # the same for every rank of a launch
+LAUNCH_VARIABLE = "LCBENCH_LAUNCH"  # the launch id of `bench run --workers` (lcbench.workers)
+LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", LAUNCH_VARIABLE)  # one per launch
 _INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 
 

@@ -174,6 +174,7 @@ def _split(value: str | None) -> list[str] | None:
 def cmd_run(args: argparse.Namespace) -> int:
     """bench run: generate images for methods x scenes x seeds into a run folder."""
     from bench.runner import RunError, run_benchmark
+    from lcbench.workers import is_worker, launch_workers, worker_count, worker_rank
 
     spec = resolve_dataset(args.dataset)
     benchmark, scenes, seeds, scheme = select_scenes(spec, args.benchmark, args.scenes, args.seeds,
@@ -185,16 +186,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_skipped_scenes(methods, spec, scenes)
     out = Path(args.out) if args.out else DEFAULT_RUNS_DIR / f"{spec.name}-{benchmark.id if benchmark else 'custom'}"
     assets = AssetResolver(spec, args.assets)
+    workers = worker_count(args.workers, args.device)
+    if workers > 1 and not is_worker():
+        print(f"bench run: {workers} workers ({args.device}); worker 0 shows its progress")
+        return launch_workers(args.argv, workers, args.device)
     try:
         summary = run_benchmark(
             spec, assets, methods, scenes, seeds, out, scheme=scheme,
             benchmark=benchmark.id if benchmark else None, device=args.device,
-            retry_failed=args.retry_failed, quiet=args.quiet, unavailable=unavailable,
+            retry_failed=args.retry_failed, quiet=args.quiet or worker_rank() > 0, unavailable=unavailable,
         )
     except RunError as err:
         raise CliError(str(err)) from err
+    share = f"worker {worker_rank()} of {workers}" if is_worker() else "this process"
     print(f"{out}: {summary.generated} generated, {summary.skipped} already done, {summary.failed} failed "
-          f"(of {summary.planned} planned for this process)")
+          f"(of {summary.planned} planned for {share})")
     for failure in summary.failures:
         print(f"  failed: {failure}")
     for broken in summary.redone:
@@ -463,6 +469,8 @@ def build_parser(pm: Any = None) -> argparse.ArgumentParser:
     run.add_argument("--assets", help="asset root of the dataset (overrides env, config and spec)")
     run.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE")
     run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    run.add_argument("--workers", default="1", metavar="N|auto",
+                     help="split the run over N local processes (auto: one per CPU core, or per GPU on cuda)")
     run.add_argument("--retry-failed", action="store_true", help="regenerate items recorded as failed")
     run.add_argument("--include-disabled", action="store_true",
                      help="also run scenes whose status is disabled-upstream or broken-upstream")
@@ -599,6 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         use_plugin_manager(get_plugin_manager(known.plugins))
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         if args.quiet:
             os.environ["TQDM_DISABLE"] = "1"  # also silences the progress bars inside methods (e.g. fusion)
         return int(args.func(args) or 0)

@@ -21,6 +21,7 @@ from bench.lora import (
     check_lora_fits,
     load_lora,
     lora_merged,
+    lora_switcher,
     low_rank_delta,
     merge_lora_weights,
 )
@@ -385,6 +386,35 @@ def test_lora_merged_restores_bit_exactly(base: StableDiffusionPipeline, tmp_pat
     with pytest.raises(RuntimeError, match="boom"), lora_merged(unet, te, [lora], [1.0]):
         raise RuntimeError("boom")
     assert all(torch.equal({**unet.state_dict(), **te.state_dict()}[k], v) for k, v in before.items())
+
+
+def test_lora_switcher_gives_lora_merged_weights_bit_for_bit(base: StableDiffusionPipeline, tmp_path: Path) -> None:
+    """Each ``use(k)`` equals :func:`lora_merged` with LoRA k alone; ``use(None)`` and the exit restore."""
+    unet, te = base.unet, copy.deepcopy(base.text_encoder).half()
+    loras = [load_lora(_save_edlora(_edlora_params("main", seed), tmp_path / f"{seed}.pth")) for seed in (4, 5)]
+    weights = [0.7, 1.3]
+
+    def state() -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in [*unet.state_dict().items(), *te.state_dict().items()]}
+
+    before = state()
+    expected = []
+    for lora, weight in zip(loras, weights, strict=True):
+        with lora_merged(unet, te, [lora], [weight]):
+            expected.append(state())
+    assert any(not torch.equal(expected[0][k], expected[1][k]) for k in before)
+    with lora_switcher(unet, te, loras, weights) as use:
+        for k in (1, 0, 1):
+            use(k)
+            assert all(torch.equal(v, expected[k][name]) for name, v in state().items())
+        use(None)
+        assert all(torch.equal(v, before[name]) for name, v in state().items())
+        use(0)
+    assert all(torch.equal(v, before[name]) for name, v in state().items())
+    with pytest.raises(RuntimeError, match="boom"), lora_switcher(unet, te, loras, weights) as use:
+        use(1)
+        raise RuntimeError("boom")
+    assert all(torch.equal(v, before[name]) for name, v in state().items())
 
 
 def test_low_rank_delta_equals_merged_linear_difference(base: StableDiffusionPipeline) -> None:

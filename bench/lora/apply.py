@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -75,6 +75,48 @@ def lora_merged(
         with torch.no_grad():
             for param, original in saved.values():
                 param.copy_(original)
+
+
+@contextmanager
+def lora_switcher(
+    unet: nn.Module | None,
+    text_encoder: nn.Module | None,
+    loras: Sequence[ConceptLora],
+    weights: Sequence[float],
+) -> Iterator[Callable[[int | None], None]]:
+    """A switch between the models with one of ``loras`` merged, for methods that change LoRA every pass.
+
+    Yields ``use``: ``use(k)`` makes the weights those :func:`lora_merged` gives for ``[loras[k]]`` with
+    ``weights[k]`` (bit for bit: the same formula on the same originals); ``use(None)`` the originals.
+    Each LoRA's merged weights are computed once, on entry, so a switch only repoints the touched
+    parameters; they take one copy of the touched weights per LoRA. The originals come back on exit,
+    even if the body raises.
+    """
+    if len(loras) != len(weights):
+        raise ValueError(f"lora_switcher: expected one weight per LoRA ({len(loras)}), got {len(weights)}")
+    for lora in loras:
+        check_lora_fits(lora, unet, text_encoder, where=f"lora '{lora.source}'")
+    originals: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
+    merged: list[dict[int, torch.Tensor]] = []
+    with torch.no_grad():
+        for lora, w in zip(loras, weights, strict=True):
+            values: dict[int, torch.Tensor] = {}
+            for param, delta in _targets(unet, text_encoder, lora):
+                original = originals.setdefault(id(param), (param, param.data))[1]
+                base = values.get(id(param), original)
+                update = delta.weight(torch.float32).to(param.device).reshape(param.shape)
+                values[id(param)] = (base.to(torch.float32) + float(w) * update).to(param.dtype)
+            merged.append(values)
+
+    def use(k: int | None) -> None:
+        chosen = {} if k is None else merged[k]
+        for key, (param, original) in originals.items():
+            param.data = chosen.get(key, original)
+
+    try:
+        yield use
+    finally:
+        use(None)
 
 
 def low_rank_delta(x: torch.Tensor, delta: LoraDelta) -> torch.Tensor:

@@ -4,27 +4,24 @@ app's start-up configuration.
 The runs and the study reach the app as arguments after ``--`` (``--run DIR`` repeated, ``--study DIR``)
 or, when those are absent, through the environment variables below. The app only ever opens files of
 these folders. The server runs in a child process (:mod:`lcbench.dashboard.serve`, which imports the
-plugins once before it takes requests); :func:`serve` passes SIGTERM and SIGINT on to it and exits with it,
-so stopping ``bench dashboard`` never leaves a server behind.
+plugins once before it takes requests); :func:`serve` passes SIGTERM and SIGINT on to it and exits with it
+(:mod:`lcbench.processes`), so stopping ``bench dashboard`` never leaves a server behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
+
+from lcbench.processes import Child, run_children
 
 ENV_RUNS = "BENCH_DASHBOARD_RUNS"  # run folders separated by os.pathsep
 ENV_STUDY = "BENCH_DASHBOARD_STUDY"
 APP_FILE = Path(__file__).with_name("app.py")
-FORWARDED = (signal.SIGTERM, signal.SIGINT)
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -72,40 +69,10 @@ def dashboard_command(
     return argv
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM when the process that started it dies (even by SIGKILL)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
 def serve(argv: Sequence[str]) -> int:
-    """Run the server ``argv`` as a child, pass SIGTERM/SIGINT on to it, wait for it, return its exit status.
-
-    The child has its own process group, so a terminal's Ctrl-C reaches it once (through this process).
-    A child killed by a signal gives 128 + the signal number, as a shell reports it.
-    """
-    child = subprocess.Popen(
-        list(argv), start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None
-    )
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
-    try:
-        code = child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if child.poll() is None:  # only when wait() itself was interrupted by an exception
-            child.terminate()
-            child.wait()
-    return 128 - code if code < 0 else code
+    """Run the server ``argv`` as a child, pass SIGTERM/SIGINT on to it, wait for it, return its exit status
+    (128 + the signal number when a signal killed it, as a shell reports it)."""
+    return run_children([Child(argv)])[0]
 
 
 def app_config(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> AppConfig:
