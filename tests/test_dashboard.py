@@ -14,6 +14,7 @@ from study_sample import RANDOM_METHOD, make_benchmark_run, make_sample_runs
 
 from lcbench.dashboard import data
 from lcbench.dashboard.launch import APP_FILE, ENV_RUNS, ENV_STUDY
+from lcbench.dashboard.serve import prepare
 from lcbench.study import StudyDB, create_study
 from reports import load_scores
 
@@ -151,6 +152,24 @@ def test_results_tables_filters_and_downloads(monkeypatch: pytest.MonkeyPatch, b
     assert {s for s, _, _ in scenes.index} == {"anime"} and "clip_i ↑" in scenes.columns
     at.radio(key="section").set_value("Plots")
     assert len(_run(at).image) == 6  # one bar plot per metric (uncalibrated ones are kept, marked)
+
+
+def test_the_server_reads_the_first_page_before_its_first_visitor(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``bench dashboard``'s server process fills the caches (``serve.prepare`` with the app's arguments):
+    the first page then reads no score file. A run it did not prepare is read on its first page."""
+    prepared = make_benchmark_run(tmp_path_factory.mktemp("prepared"), seeds=2)
+    cold = make_benchmark_run(tmp_path_factory.mktemp("cold"), seeds=2)
+    prepare(["--run", str(prepared)])
+    reads: list[object] = []
+    real = data.load_scores
+    monkeypatch.setattr(data, "load_scores", lambda roots: reads.append(roots) or real(roots))
+    at = _app(monkeypatch, [prepared])
+    assert "ref-oracle" in at.dataframe[0].value.index  # Table 1, with its reference rows
+    assert reads == []
+    _app(monkeypatch, [cold])
+    assert reads == [[str(cold.resolve())]]
 
 
 def test_images_drill_down_ab_and_seeds(monkeypatch: pytest.MonkeyPatch, bench_run: Path) -> None:

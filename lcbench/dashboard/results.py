@@ -10,6 +10,7 @@ manifest. Images are lossless PNG, enlarged by an integer zoom with nearest-neig
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -48,10 +49,10 @@ def styled(table: ScoreTable) -> Any:
 
 
 def downloads(name: str, table: ScoreTable | pd.DataFrame) -> None:
-    """CSV and LaTeX download buttons of one table."""
+    """CSV and LaTeX download buttons of one table; the files are made when a button is clicked."""
     left, right = st.columns(2)
-    csv = to_csv(table) if isinstance(table, ScoreTable) else table.to_csv()
-    tex = to_latex(table) if isinstance(table, ScoreTable) else table.to_latex()
+    csv = partial(to_csv, table) if isinstance(table, ScoreTable) else table.to_csv
+    tex = partial(to_latex, table) if isinstance(table, ScoreTable) else table.to_latex
     left.download_button(f"{name}: CSV", csv, file_name=f"{name}.csv", mime="text/csv", key=f"dl_{name}_csv")
     right.download_button(f"{name}: LaTeX", tex, file_name=f"{name}.tex", mime="text/x-tex", key=f"dl_{name}_tex")
 
@@ -93,11 +94,15 @@ def render_tables(roots: tuple[str, ...], stamp: data.Stamp, filters: data.Filte
     st.dataframe(conventions, key="conventions")
     st.caption(f"Aggregation: {aggregation_sentence(options.aggregation)}. Intervals: {INTERVAL}.")
     downloads("conventions", conventions)
-    per_image = per_image_frame(data.filter_frame(scores.frame, filters))
-    st.download_button("Per-image scores: CSV", per_image.to_csv(index=False), file_name="per_image_scores.csv",
-                       mime="text/csv", key="dl_per_image_csv")
+    st.download_button("Per-image scores: CSV", partial(per_image_csv, scores.frame, filters),
+                       file_name="per_image_scores.csv", mime="text/csv", key="dl_per_image_csv")
     if t1 is not None and not t1.empty:
         render_row_provenance(t1, cat)
+
+
+def per_image_csv(frame: pd.DataFrame, filters: data.Filters) -> str:
+    """The per-image scores of the rows that pass the filters, as CSV."""
+    return per_image_frame(data.filter_frame(frame, filters)).to_csv(index=False)
 
 
 def per_image_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -295,19 +300,43 @@ def _is_reference(cat: RunCatalog, item: ImageItem) -> bool:
 
 
 # -- the view ---------------------------------------------------------------------------------------
+def default_filters(cat: RunCatalog, items: list[ImageItem]) -> data.Filters:
+    """The filters' defaults: every style, concept count, method (references aside) and scene of ``items``."""
+    return data.Filters(
+        styles=tuple(sorted({it.style for it in items if it.style})),
+        counts=tuple(sorted({it.n_concepts for it in items if it.n_concepts is not None})),
+        methods=tuple(sorted({it.label for it in items if not _is_reference(cat, it)})),
+        scenes=tuple(sorted({it.scene for it in items})),
+    )
+
+
+def fill_first_page_caches(cat: RunCatalog) -> None:
+    """Read what the first page shows (every run, default filters and options: the scores, the items,
+    Table 1 and 2, the calibration check) into the caches, so that the first visitor does not wait for it.
+    ``bench dashboard`` calls this before its server answers."""
+    names = tuple(cat.runs)
+    roots = tuple(str(run.root) for run in cat.runs.values())
+    stamp = data.fingerprint(roots)
+    every = data.items(roots, stamp, names)
+    if not every or data.scores(roots, stamp).frame is None:
+        return
+    filters, options = default_filters(cat, every), ReportOptions(AGGREGATIONS[0])
+    for name in ("table1", "table2"):
+        data.table(name, roots, stamp, filters, options)
+    data.calibration(roots, stamp, options.k)
+
+
 def sidebar_filters(cat: RunCatalog, items: list[ImageItem]) -> tuple[data.Filters, ReportOptions, bool]:
     """The filters and options in the sidebar; returns them and whether boxes are drawn."""
     side = st.sidebar
     side.header("Filters")
-    styles = sorted({it.style for it in items if it.style})
-    counts = sorted({it.n_concepts for it in items if it.n_concepts is not None})
-    methods = sorted({it.label for it in items if not _is_reference(cat, it)})
-    chosen_styles = side.multiselect("Style", styles, default=styles, key="filter_style")
-    chosen_counts = side.multiselect("Number of concepts", counts, default=counts, key="filter_concepts")
-    chosen_methods = side.multiselect("Methods", methods, default=methods, key="filter_methods",
+    every = default_filters(cat, items)
+    chosen_styles = side.multiselect("Style", every.styles, default=every.styles, key="filter_style")
+    chosen_counts = side.multiselect("Number of concepts", every.counts, default=every.counts, key="filter_concepts")
+    chosen_methods = side.multiselect("Methods", every.methods, default=every.methods, key="filter_methods",
                                       help="calibration references are always shown")
-    scenes = sorted({it.scene for it in items})  # independent of the other filters: they intersect
-    chosen_scenes = side.multiselect("Scenes", scenes, default=scenes, key="filter_scenes")
+    # scenes are independent of the other filters: they intersect
+    chosen_scenes = side.multiselect("Scenes", every.scenes, default=every.scenes, key="filter_scenes")
     side.header("Options")
     pool = side.toggle("Pool runs with the same method key", value=False, key="pool")
     aggregation = side.selectbox("Aggregation", list(AGGREGATIONS), key="aggregation",
