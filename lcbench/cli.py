@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -176,17 +177,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import RunError, run_benchmark
     from lcbench.workers import is_worker, launch_workers, worker_count, worker_rank
 
+    workers = worker_count(args.workers, args.device)
     spec = resolve_dataset(args.dataset)
-    benchmark, scenes, seeds, scheme = select_scenes(spec, args.benchmark, args.scenes, args.seeds,
-                                                     args.include_disabled)
-    unavailable: dict[str, str] = {}
-    methods = select_methods(args.methods, parse_params(args.param), spec, unavailable)
-    if not methods:
-        raise CliError("--methods: no method selected")
-    print_skipped_scenes(methods, spec, scenes)
+    # a worker's parent has printed what is skipped already
+    with contextlib.redirect_stdout(io.StringIO()) if is_worker() else contextlib.nullcontext():
+        benchmark, scenes, seeds, scheme = select_scenes(spec, args.benchmark, args.scenes, args.seeds,
+                                                         args.include_disabled)
+        unavailable: dict[str, str] = {}
+        methods = select_methods(args.methods, parse_params(args.param), spec, unavailable)
+        if not methods:
+            raise CliError("--methods: no method selected")
+        print_skipped_scenes(methods, spec, scenes)
     out = Path(args.out) if args.out else DEFAULT_RUNS_DIR / f"{spec.name}-{benchmark.id if benchmark else 'custom'}"
     assets = AssetResolver(spec, args.assets)
-    workers = worker_count(args.workers, args.device)
     if workers > 1 and not is_worker():
         print(f"bench run: {workers} workers ({args.device}); worker 0 shows its progress")
         return launch_workers(args.argv, workers, args.device)

@@ -206,6 +206,7 @@ def test_generates_for_the_tiny_benchmark(ctx: FakeContext) -> None:
 def test_missing_residual_on_a_real_model_is_an_error(ctx: FakeContext) -> None:
     method = cones2.Cones2Method({**cones2.method.DEFAULTS})
     ctx_real = FakeContext(ctx.spec, ctx.cache_dir)
+    ctx.base_pipeline("real")  # loaded under the tiny spec; the changed spec below names a model that is absent
     ctx_real._pipes = ctx._pipes
     from bench.spec import DatasetSpec
 
@@ -267,6 +268,31 @@ def test_sd2_layout_with_residual_files(ctx: FakeContext, tmp_path: Path) -> Non
     assert gen.image.size == (128, 64) and gen.record["prediction_type"] == "v_prediction"
     assert gen.record["residuals"]["dogB"] == f"file:{tmp_path / 'res' / 'dogB.pt'}"
     assert np.asarray(gen.image).std() > 0
+
+
+def test_residuals_shipped_with_the_dataset_are_used_after_explicit_ones(ctx: FakeContext, tmp_path: Path) -> None:
+    """``<asset root>/cones2/<concept>.pt`` is used when no residual is given for the concept; an explicit
+    ``residuals`` entry comes first. The images equal those made from the same files through residual_dir."""
+    from bench.assets import AssetResolver
+
+    for cid, value in (("dogA", 0.3), ("dogB", -0.3)):
+        cones2.save_residual(torch.full((1, 32), value), tmp_path / "assets" / "cones2" / f"{cid}.pt")
+    cones2.save_residual(torch.full((1, 32), 0.9), tmp_path / "explicit.pt")
+    shipped = FakeContext(ctx.spec, tmp_path / "cache")
+    shipped._pipes = ctx._pipes
+    shipped.assets = AssetResolver(ctx.spec, tmp_path / "assets")
+    spec = cones2.method_spec()
+    quick = {"steps": 2, "guidance_steps": 2, "missing_residual": "error"}
+    gen = spec.create(spec.resolve_params(quick)).generate(ctx.spec.scenes["two-dogs"], 1, shipped)
+    assert gen.record["residuals"] == {"dogA": f"dataset:{tmp_path / 'assets' / 'cones2' / 'dogA.pt'}",
+                                       "dogB": f"dataset:{tmp_path / 'assets' / 'cones2' / 'dogB.pt'}"}
+    same = spec.create(spec.resolve_params({**quick, "residual_dir": str(tmp_path / "assets" / "cones2")}))
+    assert np.array_equal(np.asarray(same.generate(ctx.spec.scenes["two-dogs"], 1, ctx).image), np.asarray(gen.image))
+    first = spec.create(spec.resolve_params({**quick, "residuals": {"dogA": str(tmp_path / "explicit.pt")}}))
+    mixed = first.generate(ctx.spec.scenes["two-dogs"], 1, shipped)
+    assert mixed.record["residuals"]["dogA"] == f"file:{tmp_path / 'explicit.pt'}"
+    assert mixed.record["residuals"]["dogB"].startswith("dataset:")
+    assert not np.array_equal(np.asarray(mixed.image), np.asarray(gen.image))
 
 
 def test_class_word_prompts_claim_their_words(ctx: FakeContext) -> None:

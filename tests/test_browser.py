@@ -194,8 +194,9 @@ def test_browser_answers_one_question(served: tuple[str, Any], browser: Cdp, tmp
     browser.send("Input.insertText", text="ann")
     for kind in ("keyDown", "keyUp"):
         browser.send("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter", windowsVirtualKeyCode=13)
-    _wait(lambda: "Question 1 of 2" in browser.text(), "the first question")
-    assert "1 = not at all, 5 = perfectly" in browser.text()  # the scale's anchors are on the page
+    # the scale's anchors are on the page (waited for: a loaded machine renders the question in parts)
+    _wait(lambda: "Question 1 of 2" in browser.text() and "1 = not at all, 5 = perfectly" in browser.text(),
+          "the first question with the scale's anchors")
     assert browser.js(NO_CHROME), "participants must see neither Deploy nor the main menu"
     _wait(lambda: browser.js(CLICK_RATING.format(group=0, rating=4)), "the text-alignment rating")
     _wait(lambda: browser.js(CLICK_RATING.format(group=1, rating=2)), "the image-alignment rating")
@@ -306,9 +307,9 @@ def test_browser_results_views(served_results: tuple[str, Path], browser: Cdp, t
 
     # 5. A/B: two methods on one scene and seed
     _click_text(browser, '[data-testid="stRadio"] label', "A/B", "the A/B section")
-    _wait(lambda: "A: " in browser.text() and "B: " in browser.text() and browser.js(IDLE), "the A/B view")
-    assert "B - A" in browser.text() or browser.js("document.querySelectorAll('[data-testid=\"stDataFrame\"]')"
-                                                   ".length >= 1")
+    ab_scores = "document.querySelectorAll('[data-testid=\"stDataFrame\"]').length >= 1"
+    _wait(lambda: "A: " in browser.text() and "B: " in browser.text() and browser.js(IDLE)
+          and ("B - A" in browser.text() or browser.js(ab_scores)), "the A/B view with its score difference")
     _shot(browser, out, "results_ab.png")
 
     # 6. a download: Table 1 as CSV

@@ -16,7 +16,7 @@ from baselines.cones2.residual import class_word_length, load_residual, train_re
 from baselines.cones2.sampler import cones2_sample
 from baselines.inpaint import base_model_ref
 from baselines.specs import cones2 as declared
-from baselines.specs.cones2 import DEFAULTS, DEVIATIONS, NAME  # noqa: F401 - re-exported
+from baselines.specs.cones2 import DATASET_RESIDUALS, DEFAULTS, DEVIATIONS, NAME  # noqa: F401 - re-exported
 from bench.cache import default_cache_dir
 from bench.methods import Generation, MethodSpec
 from bench.seeds import initial_noise
@@ -30,6 +30,15 @@ def quick_cache_path(ctx: Any, concept_id: str, base_ref: str, images: list[Path
         digest.update(Path(image).read_bytes())
     root = Path(getattr(ctx, "cache_dir", None) or default_cache_dir())
     return root / "cones2" / f"{concept_id}-quick{steps}-{digest.hexdigest()[:12]}.pt"
+
+
+def dataset_residual(ctx: Any, concept_id: str) -> Path | None:
+    """The residual the dataset ships for a concept, ``<asset root>/cones2/<concept id>.pt``, if there is one."""
+    assets = getattr(ctx, "assets", None)
+    if assets is None:
+        return None
+    path = assets.resolve(f"{DATASET_RESIDUALS}/{concept_id}.pt")
+    return path if path.is_file() else None
 
 
 class Cones2Method:
@@ -53,6 +62,9 @@ class Cones2Method:
             path = Path(self.params["residual_dir"]) / f"{concept_id}.pt"
             if path.is_file():
                 return load_residual(path, hidden, length, where), f"file:{path}"
+        shipped = dataset_residual(ctx, concept_id)
+        if shipped is not None:
+            return load_residual(shipped, hidden, length, where), f"dataset:{shipped}"
         base_ref = base_model_ref(ctx, style)
         mode = self.params["missing_residual"]
         if mode == "error" or (mode == "auto" and not base_ref.startswith("builtin:")):

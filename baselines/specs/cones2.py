@@ -8,6 +8,7 @@ from baselines.specs import Factory
 from bench.methods import MethodSpec
 
 NAME = "cones2"
+DATASET_RESIDUALS = "cones2"  # a dataset's trained residuals: <asset root>/cones2/<concept id>.pt
 DEFAULTS: dict[str, Any] = {
     "residuals": {},
     "residual_dir": "",
@@ -37,8 +38,9 @@ DEVIATIONS = (
     "Sampler: first-order LMS (= Euler) computed from the LMS/Euler sigma schedule, as upstream's "
     "scheduler.step(..., order=1); self-recurrence noise is drawn from a generator seeded by the image seed "
     "(upstream: unseeded global RNG).",
-    "Residuals must be trained on the same base model (upstream: SD2.1 768-v); missing_residual='quick' trains "
-    "a few-step residual for tests only (recorded per concept).",
+    "Residuals must be trained on the same base model (upstream: SD2.1 768-v). Looked up in this order: "
+    "residuals={concept: file}, residual_dir/<concept>.pt, the dataset's own <asset root>/cones2/<concept>.pt; "
+    "missing_residual='quick' trains a few-step residual for tests only (recorded per concept).",
     "Residual training (train_residual): batch_size 1 by default, as upstream's README command (its script "
     "defaults to --train_batch_size 4); with batch_size > 1 the preservation terms keep upstream's "
     "torch.squeeze slicing, which then indexes the batch instead of the tokens. Not copied: upstream compares "
