@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from bench.lora.formats import check_lora_fits, load_lora
 from toyworld.classifier import load_classifier
@@ -37,3 +38,76 @@ def test_all_stages_train_and_load(tmp_path):
     assert (tmp_path / "clip.safetensors").is_file()
     stages = {json.loads(line)["stage"] for line in (tmp_path / "training.jsonl").read_text().splitlines()}
     assert {"vae-done", "base-done", "lora-ruby-done", "classifier-done", "clip-done"} <= stages
+
+
+class _Stop(Exception):
+    """Stands for the process being killed right after a checkpoint was written."""
+
+
+def _vae(out, log, ck):
+    from toytrain.vae import train_vae
+
+    train_vae(out, seed=1, images=64, crop_steps=3, full_steps=1, log=log, checkpoints=ck, save_every=2)
+    return out / "vae.safetensors"
+
+
+def _classifier(out, log, ck):
+    from toytrain.classifier import train_classifier
+
+    train_classifier(out, seed=1, log=log, images=64, epochs=1, batch=16, checkpoints=ck, save_every=2)
+    return out / "classifier.safetensors"
+
+
+def _clip(out, log, ck):
+    from toytrain.clip import train_clip
+
+    train_clip(out, seed=1, log=log, pairs=64, steps=3, batch=16, checkpoints=ck, save_every=2)
+    return out / "clip.safetensors"
+
+
+def _lora(out, log, ck):
+    from toytrain.lora import train_concept
+
+    return train_concept(CONCEPTS["ruby"], out, seed=3, log=log, weights=None, views=8, steps=4, batch=2,
+                         checkpoints=ck, save_every=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stage", "train"), [("vae", _vae), ("classifier", _classifier), ("clip", _clip),
+                                              ("lora-ruby", _lora)])
+def test_a_stopped_stage_resumes_to_the_same_weights(stage, train, tmp_path, monkeypatch):
+    """Stopped right after its first checkpoint and started again, a training stage writes the same weights
+    as an uninterrupted run (tiny sizes; the classifier and CLIP stages read the committed toy VAE)."""
+    from safetensors.torch import load_file
+
+    from toytrain.common import Checkpoint, TrainLog
+    from toyworld.models import WEIGHTS_DIR
+
+    outs = {name: tmp_path / name for name in ("straight", "resumed")}
+    for out in outs.values():
+        out.mkdir()
+        (out / "vae.safetensors").write_bytes((WEIGHTS_DIR / "vae.safetensors").read_bytes())
+    log = TrainLog(tmp_path / "log")
+    straight = train(outs["straight"], log, tmp_path / "ck-straight")
+    real_save = Checkpoint.save
+
+    def save_then_stop(self, state):
+        real_save(self, state)
+        raise _Stop
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_stop)
+    before = (outs["resumed"] / straight.name).read_bytes() if stage == "vae" else None
+    with pytest.raises(_Stop):
+        train(outs["resumed"], log, tmp_path / "ck")
+    if before is None:
+        assert not (outs["resumed"] / straight.name).exists()
+    else:
+        assert (outs["resumed"] / straight.name).read_bytes() == before  # the copied VAE, not yet replaced
+    assert int(Checkpoint(tmp_path / "ck").load()["step"]) == 2
+    monkeypatch.setattr(Checkpoint, "save", real_save)
+    resumed = train(outs["resumed"], log, tmp_path / "ck")
+    events = [json.loads(line)["stage"] for line in (tmp_path / "log" / "training.jsonl").read_text().splitlines()]
+    assert f"{stage}-resume" in events
+    a, b = load_file(str(straight)), load_file(str(resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "ck" / "state.pt").exists()  # removed once the weights are written

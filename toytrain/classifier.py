@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from toytrain.common import TrainLog, lr_at, seed_everything
+from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, lr_at, seed_everything
 from toytrain.data import render_set, to_unit
 from toyworld.classifier import COLOUR_LABELS, NONE, SHAPE_LABELS, TEXTURE_LABELS, BoxClassifier, crop_tensor
 from toyworld.models import load_vae, save_weights, weights_path
@@ -108,8 +108,10 @@ def _round_tripped_set(vae, count: int, seed: int) -> tuple[torch.Tensor, list[T
 
 
 def train_classifier(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.0, images: int = 24000,
-                     epochs: int = 4, batch: int = 256) -> None:
-    """Train and write ``classifier.safetensors``; logs held-out accuracy per head."""
+                     epochs: int = 4, batch: int = 256, checkpoints: Path | None = None,
+                     save_every: int = 100) -> None:
+    """Train and write ``classifier.safetensors``; logs held-out accuracy per head. Resumable
+    (:class:`toytrain.common.ResumableLoop`): the state is saved to ``checkpoints`` every ``save_every`` steps."""
     seed_everything(seed)
     start = time.time()
     vae = load_vae(out_dir).eval()
@@ -121,7 +123,10 @@ def train_classifier(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: floa
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
     steps = max(2, epochs * len(crops) // batch)
-    for step in range(steps):
+    loop = ResumableLoop("classifier", checkpoints or checkpoint_dir(f"classifier-{steps}-seed{seed}"), log, gen,
+                         parts={"model": model, "optimizer": opt}, every=save_every)
+    loop.started = start
+    for step in range(loop.resume(), steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, 2e-3, warmup=50)
         idx = torch.randint(len(crops), (batch,), generator=gen)
@@ -130,10 +135,12 @@ def train_classifier(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: floa
         loss.backward()
         opt.step()
         if (step + 1) % 200 == 0:
-            log.event("classifier", step=step + 1, loss=round(loss.item(), 4), seconds=round(time.time() - start, 1))
+            log.event("classifier", step=step + 1, loss=round(loss.item(), 4), seconds=round(loop.seconds(), 1))
+        loop.after_step(step + 1, steps)
     model.eval()
     held_out = accuracy(model, val_crops, val_labels)
     log.event("classifier-done", steps=steps, held_out_accuracy={k: round(v, 4) for k, v in held_out.items()},
-              held_out_crops=len(val_crops), seconds=round(time.time() - start, 1))
+              held_out_crops=len(val_crops), seconds=round(loop.seconds(), 1))
     save_weights(model, weights_path("classifier", out_dir),
                  {k: f"{v:.4f}" for k, v in held_out.items()})
+    loop.finish()

@@ -26,7 +26,7 @@ from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
 from toytrain.classifier import round_trip
-from toytrain.common import TrainLog, lr_at, seed_everything
+from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, lr_at, seed_everything
 from toytrain.data import render_set
 from toyworld.clip import CLIP_CONFIG, untrained_clip
 from toyworld.models import load_vae, save_weights, weights_path
@@ -119,8 +119,9 @@ def multi_positive_loss(logits: torch.Tensor, same_text: torch.Tensor) -> torch.
 
 
 def train_clip(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.0, pairs: int = 30000,
-               steps: int = 1000, batch: int = 128) -> None:
-    """Train and write ``clip.safetensors`` (open_clip state dict); logs held-out retrieval accuracy."""
+               steps: int = 1000, batch: int = 128, checkpoints: Path | None = None, save_every: int = 100) -> None:
+    """Train and write ``clip.safetensors`` (open_clip state dict); logs held-out retrieval accuracy. Resumable
+    (:class:`toytrain.common.ResumableLoop`): the state is saved to ``checkpoints`` every ``save_every`` steps."""
     seed_everything(seed)
     start = time.time()
     pairs, steps = max(64, int(pairs * scale)), max(2, int(steps * scale))
@@ -134,7 +135,10 @@ def train_clip(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
     log.event("clip-data", pairs=pairs, seconds=round(time.time() - start, 1))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     gen = torch.Generator().manual_seed(seed)
-    for step in range(steps):
+    loop = ResumableLoop("clip", checkpoints or checkpoint_dir(f"clip-{steps}-seed{seed}"), log, gen,
+                         parts={"model": model, "optimizer": opt}, every=save_every)
+    loop.started = start
+    for step in range(loop.resume(), steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, 1e-3, warmup=100)
         idx = torch.randint(len(images), (batch,), generator=gen)
@@ -147,7 +151,8 @@ def train_clip(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
         if (step + 1) % 100 == 0:
-            log.event("clip", step=step + 1, loss=round(loss.item(), 4), seconds=round(time.time() - start, 1))
+            log.event("clip", step=step + 1, loss=round(loss.item(), 4), seconds=round(loop.seconds(), 1))
+        loop.after_step(step + 1, steps)
     model.eval()
     with torch.no_grad():
         image_features = model.encode_image(val_images, normalize=True)
@@ -155,5 +160,6 @@ def train_clip(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
         best = (image_features @ text_features.T).argmax(1)
         hits = torch.tensor([val_texts[int(b)] == val_texts[i] for i, b in enumerate(best)])
     log.event("clip-done", steps=steps, held_out_image_to_text_top1=round(float(hits.float().mean()), 4),
-              held_out_pairs=len(val_texts), seconds=round(time.time() - start, 1))
+              held_out_pairs=len(val_texts), seconds=round(loop.seconds(), 1))
     save_weights(model, weights_path("clip", out_dir))
+    loop.finish()

@@ -73,3 +73,64 @@ class Checkpoint:
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.path)
+
+    def remove(self) -> None:
+        """Forget the state once the stage has written its result (a later run starts fresh)."""
+        self.path.unlink(missing_ok=True)
+
+
+class ResumableLoop:
+    """The resumable state of a stage's training loop, saved through a :class:`Checkpoint`.
+
+    ``parts`` are objects with ``state_dict``/``load_state_dict`` (modules, optimizers), ``tensors`` are
+    parameters trained in place, and ``generator`` and torch's global generator draw the loop's random
+    numbers. :meth:`resume` restores a saved state and says where to continue; :meth:`after_step` saves
+    every ``every`` steps (not after the last); :meth:`finish` forgets the state once the stage has written
+    its result. A stage stopped and started again with the same arguments so ends with the weights of an
+    uninterrupted run.
+    """
+
+    def __init__(self, stage: str, folder: Path, log: TrainLog, generator: torch.Generator, *,
+                 parts: dict[str, Any] | None = None, tensors: dict[str, torch.Tensor] | None = None,
+                 every: int = 100):
+        self.stage, self.log, self.generator, self.every = stage, log, generator, every
+        self.parts, self.tensors = parts or {}, tensors or {}
+        self.checkpoint = Checkpoint(folder)
+        self.started = time.time()
+        self.extra: dict[str, Any] = {}
+
+    def resume(self) -> int:
+        """Restore the saved state, if any; the step to start from (0 for a fresh start)."""
+        saved = self.checkpoint.load()
+        if saved is None:
+            return 0
+        for name, part in self.parts.items():
+            part.load_state_dict(saved["parts"][name])
+        with torch.no_grad():
+            for name, tensor in self.tensors.items():
+                tensor.copy_(saved["tensors"][name])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.extra = dict(saved["extra"])
+        self.started = time.time() - float(saved["seconds"])
+        self.log.event(f"{self.stage}-resume", step=int(saved["step"]), seconds=round(float(saved["seconds"]), 1))
+        return int(saved["step"])
+
+    def seconds(self) -> float:
+        """Wall time of the stage, summed over every session."""
+        return time.time() - self.started
+
+    def after_step(self, done: int, total: int, **extra: Any) -> None:
+        """Save when ``done`` steps of ``total`` are a multiple of ``every`` (``extra``: e.g. a running loss)."""
+        if done % self.every or done >= total:
+            return
+        self.checkpoint.save({
+            "parts": {name: part.state_dict() for name, part in self.parts.items()},
+            "tensors": {name: tensor.detach().clone() for name, tensor in self.tensors.items()},
+            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "step": done,
+            "extra": extra, "seconds": self.seconds(),
+        })
+
+    def finish(self) -> None:
+        """Forget the saved state (the stage has written its result)."""
+        self.checkpoint.remove()

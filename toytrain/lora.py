@@ -22,7 +22,7 @@ from bench.layers import cross_attention_layers
 from bench.prompts import LayerwiseState, LayerwiseTextEncoder, install_layerwise, token_rows_written
 from toytrain import LORA_DIR
 from toytrain.base import encode_latents
-from toytrain.common import TrainLog, lr_at, seed_everything
+from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, lr_at, seed_everything
 from toyworld.concepts import CONCEPTS, ToyConcept, sample_concept_image
 from toyworld.models import WEIGHTS_DIR, load_toy_pipeline
 from toyworld.world import render
@@ -59,8 +59,13 @@ def write_edlora(path: Path, tokens: dict[str, torch.Tensor], text_encoder: torc
 
 
 def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, weights: Path | None,
-                  views: int = 400, steps: int = 800, batch: int = 32) -> Path:
-    """Train one concept's ED-LoRA and write ``<out>/<id>.safetensors``."""
+                  views: int = 400, steps: int = 800, batch: int = 32, checkpoints: Path | None = None,
+                  save_every: int = 100) -> Path:
+    """Train one concept's ED-LoRA and write ``<out>/<id>.safetensors``.
+
+    Resumable (:class:`toytrain.common.ResumableLoop`): token embeddings, LoRA weights, optimizer and random
+    generator are saved to ``checkpoints`` every ``save_every`` steps.
+    """
     seed_everything(seed)
     start = time.time()
     pipe = load_toy_pipeline(weights)
@@ -96,11 +101,17 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     alphas = noise_schedule.alphas_cumprod
     state = LayerwiseState()
     gen = torch.Generator().manual_seed(seed)
+    trainable = {"embeddings": embeddings, **{f"unet.{n}": p for n, p in unet.named_parameters() if "lora_" in n},
+                 **{f"text_encoder.{n}": p for n, p in text_encoder.named_parameters() if "lora_" in n}}
+    loop = ResumableLoop(f"lora-{concept.id}", checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}"),
+                         log, gen, parts={"optimizer": opt}, tensors=trainable, every=save_every)
+    loop.started = start
+    first = loop.resume()
+    running = float(loop.extra.get("running", 0.0))
     unet.train()
     text_encoder.train()
     with install_layerwise(unet, state):
-        running = 0.0
-        for step in range(steps):
+        for step in range(first, steps):
             for group, peak in zip(opt.param_groups, peaks, strict=True):
                 group["lr"] = lr_at(step, steps, peak, warmup=50)
             idx = torch.randint(views, (batch,), generator=gen)
@@ -119,12 +130,14 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
             running += loss.item()
             if (step + 1) % 100 == 0:
                 log.event(f"lora-{concept.id}", step=step + 1, loss=round(running / 100, 5),
-                          seconds=round(time.time() - start, 1))
+                          seconds=round(loop.seconds(), 1))
                 running = 0.0
+            loop.after_step(step + 1, steps, running=running)
     tokens = {token: embeddings[:, i].detach().clone() for i, token in enumerate(concept.tokens)}
     path = out / f"{concept.id}.safetensors"
     write_edlora(path, tokens, text_encoder, unet, {"concept": concept.id})
-    log.event(f"lora-{concept.id}-done", steps=steps, seconds=round(time.time() - start, 1))
+    loop.finish()
+    log.event(f"lora-{concept.id}-done", steps=steps, seconds=round(loop.seconds(), 1))
     return path
 
 

@@ -6,12 +6,12 @@ Loss MSE + 0.5 L1 + 1e-7 KL (summed over the latent), Adam with warm-up. The sca
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from toytrain.common import TrainLog, lr_at, seed_everything
+from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, lr_at, seed_everything
 from toytrain.data import render_set, to_unit
 from toyworld.models import build_vae, save_weights, weights_path
 
@@ -32,17 +32,19 @@ def _psnr(vae, images: torch.Tensor) -> float:
 
 
 def train_vae(out_dir, *, seed: int = 0, images: int = 20000, crop_steps: int = 1500, full_steps: int = 500,
-              log: TrainLog) -> None:
-    """Train and write ``vae.safetensors`` (scaling factor in its metadata)."""
+              log: TrainLog, checkpoints: Path | None = None, save_every: int = 100) -> None:
+    """Train and write ``vae.safetensors`` (scaling factor in its metadata). Resumable
+    (:class:`toytrain.common.ResumableLoop`): the state is saved to ``checkpoints`` every ``save_every`` steps."""
     seed_everything(seed)
     pixels, _ = render_set(images, seed=seed)
     held_out = to_unit(render_set(256, seed=seed + 10_000)[0])
     vae = build_vae()
     opt = torch.optim.Adam(vae.parameters(), lr=5e-4)
     gen = torch.Generator().manual_seed(seed)
-    start = time.time()
     total = crop_steps + full_steps
-    for step in range(total):
+    loop = ResumableLoop("vae", checkpoints or checkpoint_dir(f"vae-{total}-seed{seed}"), log, gen,
+                         parts={"vae": vae, "optimizer": opt}, every=save_every)
+    for step in range(loop.resume(), total):
         cropping = step < crop_steps
         batch_size = 32 if cropping else 16
         peak = 5e-4 if cropping else 1.5e-4
@@ -59,13 +61,14 @@ def train_vae(out_dir, *, seed: int = 0, images: int = 20000, crop_steps: int = 
         loss.backward()
         opt.step()
         if step % 250 == 0 or step == total - 1:
-            log.event("vae", step=step, loss=float(loss), mse=mse, seconds=round(time.time() - start, 1))
+            log.event("vae", step=step, loss=float(loss), mse=mse, seconds=round(loop.seconds(), 1))
+        loop.after_step(step + 1, total)
     vae.eval()
     with torch.no_grad():
         latents = torch.cat([vae.encode(held_out[i : i + 64]).latent_dist.mode() for i in range(0, 256, 64)])
     scaling = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling)
     psnr = _psnr(vae, held_out)
-    log.event("vae-done", psnr_db=round(psnr, 2), scaling_factor=round(scaling, 4),
-              seconds=round(time.time() - start, 1))
+    log.event("vae-done", psnr_db=round(psnr, 2), scaling_factor=round(scaling, 4), seconds=round(loop.seconds(), 1))
     save_weights(vae, weights_path("vae", out_dir), {"scaling_factor": repr(scaling), "psnr_db": f"{psnr:.2f}"})
+    loop.finish()
