@@ -124,8 +124,7 @@ def train_classifier(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: floa
     gen = torch.Generator().manual_seed(seed)
     steps = max(2, epochs * len(crops) // batch)
     loop = ResumableLoop("classifier", checkpoints or checkpoint_dir(f"classifier-{steps}-seed{seed}"), log, gen,
-                         parts={"model": model, "optimizer": opt}, every=save_every)
-    loop.started = start
+                         parts={"model": model, "optimizer": opt}, every=save_every, started=start)
     for step in range(loop.resume(), steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, 2e-3, warmup=50)

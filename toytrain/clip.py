@@ -136,8 +136,7 @@ def train_clip(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     gen = torch.Generator().manual_seed(seed)
     loop = ResumableLoop("clip", checkpoints or checkpoint_dir(f"clip-{steps}-seed{seed}"), log, gen,
-                         parts={"model": model, "optimizer": opt}, every=save_every)
-    loop.started = start
+                         parts={"model": model, "optimizer": opt}, every=save_every, started=start)
     for step in range(loop.resume(), steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, 1e-3, warmup=100)

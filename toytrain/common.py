@@ -92,11 +92,11 @@ class ResumableLoop:
 
     def __init__(self, stage: str, folder: Path, log: TrainLog, generator: torch.Generator, *,
                  parts: dict[str, Any] | None = None, tensors: dict[str, torch.Tensor] | None = None,
-                 every: int = 100):
+                 every: int = 100, started: float | None = None):
         self.stage, self.log, self.generator, self.every = stage, log, generator, every
         self.parts, self.tensors = parts or {}, tensors or {}
         self.checkpoint = Checkpoint(folder)
-        self.started = time.time()
+        self.started = time.time() if started is None else started  # the wall clock of this session's start
         self.extra: dict[str, Any] = {}
 
     def resume(self) -> int:

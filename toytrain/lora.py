@@ -104,8 +104,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     trainable = {"embeddings": embeddings, **{f"unet.{n}": p for n, p in unet.named_parameters() if "lora_" in n},
                  **{f"text_encoder.{n}": p for n, p in text_encoder.named_parameters() if "lora_" in n}}
     loop = ResumableLoop(f"lora-{concept.id}", checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}"),
-                         log, gen, parts={"optimizer": opt}, tensors=trainable, every=save_every)
-    loop.started = start
+                         log, gen, parts={"optimizer": opt}, tensors=trainable, every=save_every, started=start)
     first = loop.resume()
     running = float(loop.extra.get("running", 0.0))
     unet.train()

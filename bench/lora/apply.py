@@ -27,6 +27,21 @@ def _targets(
             yield _weight_of(model, key), delta  # type: ignore[arg-type]
 
 
+def _check_loras(name: str, unet: nn.Module | None, text_encoder: nn.Module | None,
+                 loras: Sequence[ConceptLora], weights: Sequence[float]) -> None:
+    """One weight per LoRA, and every LoRA fits the models (checked before any weight changes)."""
+    if len(loras) != len(weights):
+        raise ValueError(f"{name}: expected one weight per LoRA ({len(loras)}), got {len(weights)}")
+    for lora in loras:
+        check_lora_fits(lora, unet, text_encoder, where=f"lora '{lora.source}'")
+
+
+def _merged(base: torch.Tensor, param: nn.Parameter, delta: LoraDelta, weight: float) -> torch.Tensor:
+    """``base + weight * scale * up @ down`` in float32, in ``param``'s dtype and shape."""
+    update = delta.weight(torch.float32).to(param.device).reshape(param.shape)
+    return (base.to(torch.float32) + float(weight) * update).to(param.dtype)
+
+
 @torch.no_grad()
 def merge_lora_weights(
     unet: nn.Module | None,
@@ -40,16 +55,10 @@ def merge_lora_weights(
     Token embeddings are not touched (see :mod:`bench.prompts`). Pass None for a model to skip it;
     a LoRA with deltas for a skipped model is an error.
     """
-    if len(loras) != len(weights):
-        raise ValueError(
-            f"merge_lora_weights: expected one weight per LoRA ({len(loras)}), got {len(weights)}"
-        )
-    for lora in loras:
-        check_lora_fits(lora, unet, text_encoder, where=f"lora '{lora.source}'")
+    _check_loras("merge_lora_weights", unet, text_encoder, loras, weights)
     for lora, w in zip(loras, weights, strict=True):
         for param, delta in _targets(unet, text_encoder, lora):
-            update = delta.weight(torch.float32).to(param.device).reshape(param.shape)
-            param.copy_((param.to(torch.float32) + float(w) * update).to(param.dtype))
+            param.copy_(_merged(param, param, delta, w))
 
 
 @contextmanager
@@ -92,10 +101,7 @@ def lora_switcher(
     parameters; they take one copy of the touched weights per LoRA. The originals come back on exit,
     even if the body raises.
     """
-    if len(loras) != len(weights):
-        raise ValueError(f"lora_switcher: expected one weight per LoRA ({len(loras)}), got {len(weights)}")
-    for lora in loras:
-        check_lora_fits(lora, unet, text_encoder, where=f"lora '{lora.source}'")
+    _check_loras("lora_switcher", unet, text_encoder, loras, weights)
     originals: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
     merged: list[dict[int, torch.Tensor]] = []
     with torch.no_grad():
@@ -103,9 +109,7 @@ def lora_switcher(
             values: dict[int, torch.Tensor] = {}
             for param, delta in _targets(unet, text_encoder, lora):
                 original = originals.setdefault(id(param), (param, param.data))[1]
-                base = values.get(id(param), original)
-                update = delta.weight(torch.float32).to(param.device).reshape(param.shape)
-                values[id(param)] = (base.to(torch.float32) + float(w) * update).to(param.dtype)
+                values[id(param)] = _merged(values.get(id(param), original), param, delta, w)
             merged.append(values)
 
     def use(k: int | None) -> None:

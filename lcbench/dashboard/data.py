@@ -133,7 +133,6 @@ class Filters:
     scenes: tuple[str, ...]
 
 
-
 def filter_frame(frame: pd.DataFrame, filters: Filters) -> pd.DataFrame:
     """The score rows that pass the filters (reference rows pass the method filter)."""
     keep = (
