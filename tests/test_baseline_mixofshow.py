@@ -179,10 +179,38 @@ def test_fusion_cache_is_keyed_and_atomic(pipe, concepts, tmp_path) -> None:
     again, key2, hit2 = cached_fusion(pipe, concepts[:1], config, root=tmp_path, progress=False)
     assert (hit, hit2, key2) == (False, True, key)
     assert all(torch.equal(first.unet[k], again.unet[k]) for k in first.unet)
-    assert [p.name for p in tmp_path.iterdir()] == [key]  # no temporary folder left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [key, f"{key}.lock"]  # no temporary folder left behind
     _, other, _ = cached_fusion(pipe, concepts[:1], FusionConfig(**{**config.__dict__, "unet_alpha": 0.5}),
                                 root=tmp_path, progress=False)
     assert other != key
+
+
+def test_callers_fusing_at_once_fuse_once_and_share_the_result(pipe, concepts, tmp_path, monkeypatch) -> None:
+    import threading
+    import time
+
+    from baselines.mixofshow import cache
+
+    config = FusionConfig(text_iters=3, unet_iters=2, spatial_steps=1, spatial_height=64, spatial_width=64)
+    fuse, calls = cache.gradient_fusion, []
+
+    def slow_fusion(*args, **kwargs):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)  # the other caller arrives while this one fuses
+        return fuse(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "gradient_fusion", slow_fusion)
+    results: list = []
+    callers = [threading.Thread(target=lambda: results.append(cached_fusion(pipe, concepts[:1], config,
+                                                                            root=tmp_path, progress=False)))
+               for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(calls) == 1 and sorted(hit for _, _, hit in results) == [False, True]
+    (first, _, _), (second, _, _) = results
+    assert all(torch.equal(first.unet[k], second.unet[k]) for k in first.unet)
 
 
 def test_mixofshow_and_composer_regional_sampling_agree_on_the_same_region_keys_values(pipe) -> None:

@@ -27,3 +27,6 @@ def add_gates_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loras", type=Path, default=LORA_DIR)
     parser.add_argument("--seeds", type=int, default=8, help="samples per base prompt; LoRA samples = 4x this")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=25, help="sampling steps (the gates are defined at 25)")
+    parser.add_argument("--guidance", type=float, default=5.0, help="CFG scale (the gates are defined at 5)")
+    parser.add_argument("--out", type=Path, help="write the report here (default: <weights>/gates.json)")

@@ -36,7 +36,8 @@ STEPS = 25
 GUIDANCE = 5.0
 
 
-def _read(model: BoxClassifier, image: Image.Image) -> tuple[str, str, str]:
+def read_foreground(model: BoxClassifier, image: Image.Image) -> tuple[str, str, str]:
+    """(shape, colour, texture) the classifier reads in the foreground box of a plain-background sample."""
     box = foreground_box(image)
     if box is None:
         return "none", "", ""
@@ -44,7 +45,8 @@ def _read(model: BoxClassifier, image: Image.Image) -> tuple[str, str, str]:
     return prediction.shape, prediction.colour, prediction.texture
 
 
-def base_gate(pipe: Any, model: BoxClassifier, seeds: int, shapes: Sequence[str] = SHAPES) -> dict[str, Any]:
+def base_gate(pipe: Any, model: BoxClassifier, seeds: int, shapes: Sequence[str] = SHAPES, steps: int = STEPS,
+              guidance: float = GUIDANCE) -> dict[str, Any]:
     """Recognition rate of single-shape prompts over every shape x colour, rotating plain backgrounds."""
     hits: dict[str, list[bool]] = defaultdict(list)
     backgrounds = list(PLAIN_BACKGROUNDS)
@@ -54,8 +56,8 @@ def base_gate(pipe: Any, model: BoxClassifier, seeds: int, shapes: Sequence[str]
                 background = backgrounds[(SHAPES.index(shape) * len(COLOURS) + c + seed) % len(backgrounds)]
                 prompt = f"a {colour} {shape} {background_phrase(background)}"
                 embeddings = encode_pair(pipe, prompt, "", [])
-                image = sample_layerwise(pipe, embeddings, 1000 + seed, 64, 64, STEPS, GUIDANCE)
-                got_shape, got_colour, _ = _read(model, image)
+                image = sample_layerwise(pipe, embeddings, 1000 + seed, 64, 64, steps, guidance)
+                got_shape, got_colour, _ = read_foreground(model, image)
                 ok = got_shape == shape and got_colour == colour
                 for key in ("all", f"shape:{shape}", f"colour:{colour}"):
                     hits[key].append(ok)
@@ -65,7 +67,8 @@ def base_gate(pipe: Any, model: BoxClassifier, seeds: int, shapes: Sequence[str]
 
 
 def lora_gate(pipe: Any, model: BoxClassifier, seeds: int, lora_dir: Path,
-              concepts: Sequence[str] = tuple(CONCEPTS)) -> dict[str, Any]:
+              concepts: Sequence[str] = tuple(CONCEPTS), steps: int = STEPS, guidance: float = GUIDANCE
+              ) -> dict[str, Any]:
     """Per concept, the rate at which its LoRA alone yields it (shape and colour; texture reported)."""
     results: dict[str, Any] = {}
     backgrounds = list(PLAIN_BACKGROUNDS)
@@ -76,8 +79,8 @@ def lora_gate(pipe: Any, model: BoxClassifier, seeds: int, lora_dir: Path,
             for seed in range(seeds):
                 prompt = concept_caption(concept, backgrounds[seed % len(backgrounds)])
                 embeddings = encode_pair(pipe, prompt, "", [lora])
-                image = sample_layerwise(pipe, embeddings, 2000 + seed, 64, 64, STEPS, GUIDANCE)
-                shape, colour, texture = _read(model, image)
+                image = sample_layerwise(pipe, embeddings, 2000 + seed, 64, 64, steps, guidance)
+                shape, colour, texture = read_foreground(model, image)
                 found.append(shape == concept.shape and colour == concept.colour)
                 textured.append(found[-1] and texture == concept.texture)
                 shapes.append(shape == concept.shape)
@@ -102,16 +105,16 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_toy_pipeline(args.weights)
     pipe.set_progress_bar_config(disable=True)
     model = load_classifier(args.weights)
-    base = base_gate(pipe, model, args.seeds)
-    loras = lora_gate(pipe, model, 4 * args.seeds, args.loras)
+    base = base_gate(pipe, model, args.seeds, steps=args.steps, guidance=args.guidance)
+    loras = lora_gate(pipe, model, 4 * args.seeds, args.loras, steps=args.steps, guidance=args.guidance)
     report = {
         "gate": GATE,
-        "sampler": f"DDIM {STEPS} steps, CFG {GUIDANCE}, 64x64",
+        "sampler": f"DDIM {args.steps} steps, CFG {args.guidance:g}, 64x64",
         "base_single_shape": base | {"passed": base["all"] >= GATE},
         "concept_loras": {k: v | {"passed": v["rate"] >= GATE} for k, v in loras.items()},
         "seconds": round(time.time() - start, 1),
     }
-    path = args.weights / "gates.json"
+    path = args.out or args.weights / "gates.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0

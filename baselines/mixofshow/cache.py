@@ -2,7 +2,10 @@
 
 A folder holds ``fused.safetensors`` (keys ``unet/<module>``, ``text_encoder/<module>``,
 ``token/<token>``) and ``fusion.json`` (settings, concepts and per-layer objectives). It is written
-into a temporary sibling folder and renamed into place, so a killed fusion leaves nothing behind.
+into a temporary sibling folder and renamed into place, so a killed fusion leaves nothing behind. A file
+lock beside the folder (``<key>.lock``) lets one process fuse while the others wait and then read its result:
+the workers of one run all sample with the same fused weights (fusions in two processes may differ in the
+last bits, float summation order being per process).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from diffusers import StableDiffusionPipeline
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 from baselines.mixofshow.fusion import (
@@ -83,10 +87,12 @@ def cached_fusion(pipe: StableDiffusionPipeline, concepts: Sequence[FusionConcep
     """The fused model of ``concepts`` on ``pipe``'s base weights: ``(model, key, cache_hit)``."""
     key = fusion_key(pipe, concepts, config)
     folder = (root or fused_cache_root()) / key
-    if (folder / WEIGHTS).is_file():
-        return load_fused(folder), key, True
-    fused = gradient_fusion(pipe, concepts, config, progress=progress)
-    meta = {"key": key, "config": asdict(config), "branch": "research",
-            "concepts": [{"source": c.lora.source, "tokens": list(c.tokens)} for c in concepts]}
-    save_fused(fused, folder, meta)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{folder}.lock"):
+        if (folder / WEIGHTS).is_file():
+            return load_fused(folder), key, True
+        fused = gradient_fusion(pipe, concepts, config, progress=progress)
+        meta = {"key": key, "config": asdict(config), "branch": "research",
+                "concepts": [{"source": c.lora.source, "tokens": list(c.tokens)} for c in concepts]}
+        save_fused(fused, folder, meta)
     return fused, key, False
