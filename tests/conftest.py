@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -19,6 +23,28 @@ plugin_manager()  # the process's manager, with every plugin, before any test li
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
+
+
+def slowed(work: Callable[..., Any], calls: list[int], seconds: float = 0.5) -> Callable[..., Any]:
+    """``work`` that first notes the calling thread in ``calls`` and waits, so that other callers arrive meanwhile."""
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        calls.append(threading.get_ident())
+        time.sleep(seconds)
+        return work(*args, **kwargs)
+
+    return slow
+
+
+def at_once(call: Callable[[], Any], times: int = 2) -> list[Any]:
+    """The results of ``call`` run in ``times`` threads started together."""
+    results: list[Any] = []
+    callers = [threading.Thread(target=lambda: results.append(call())) for _ in range(times)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    return results
 
 
 @pytest.fixture

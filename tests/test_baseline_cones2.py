@@ -17,6 +17,7 @@ from baselines.cones2.layout import attention_grids, subject_map
 from baselines.cones2.residual import epoch_batches, preservation_loss
 from baselines.cones2.sampler import euler_update
 from bench.pipelines import sd_scheduler
+from tests.conftest import at_once, slowed
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +308,17 @@ def test_class_word_prompts_claim_their_words(ctx: FakeContext) -> None:
     prompt, subjects, appended = cones2.build_prompt(scene, ctx.spec, tok)
     assert prompt == "a park, a dog, a dog" and appended == ["dogA", "dogB"]
     assert [s.start for s in subjects] == [5, 8]
+
+
+def test_callers_needing_one_quick_residual_at_once_train_it_once(ctx: FakeContext, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from baselines.cones2 import method as cones2_method
+
+    calls: list[int] = []
+    monkeypatch.setattr(cones2_method, "train_residual", slowed(cones2_method.train_residual, calls))
+    monkeypatch.setattr(ctx, "cache_dir", tmp_path)
+    spec = cones2.method_spec()
+    params = spec.resolve_params({"quick_train_steps": 1, "quick_train_resolution": 32})
+    pipe = ctx.base_pipeline("real")
+    results = at_once(lambda: spec.create(params)._residual("dogA", ctx, pipe, "real")[0])
+    assert len(calls) == 1 and len(results) == 2 and torch.equal(results[0], results[1])

@@ -31,7 +31,7 @@ from regions.adapters import adapter_residuals
 from regions.controller import Controller
 from regions.processors import region_processors
 from regions.sampler import RegionSampler
-from tests.conftest import REPO
+from tests.conftest import REPO, at_once, slowed
 
 SPATIAL = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q")
 CONFIG = FusionConfig(text_iters=60, unet_iters=30, spatial_steps=2, spatial_height=64, spatial_width=64)
@@ -186,28 +186,12 @@ def test_fusion_cache_is_keyed_and_atomic(pipe, concepts, tmp_path) -> None:
 
 
 def test_callers_fusing_at_once_fuse_once_and_share_the_result(pipe, concepts, tmp_path, monkeypatch) -> None:
-    import threading
-    import time
-
     from baselines.mixofshow import cache
 
     config = FusionConfig(text_iters=3, unet_iters=2, spatial_steps=1, spatial_height=64, spatial_width=64)
-    fuse, calls = cache.gradient_fusion, []
-
-    def slow_fusion(*args, **kwargs):
-        calls.append(threading.get_ident())
-        time.sleep(0.5)  # the other caller arrives while this one fuses
-        return fuse(*args, **kwargs)
-
-    monkeypatch.setattr(cache, "gradient_fusion", slow_fusion)
-    results: list = []
-    callers = [threading.Thread(target=lambda: results.append(cached_fusion(pipe, concepts[:1], config,
-                                                                            root=tmp_path, progress=False)))
-               for _ in range(2)]
-    for caller in callers:
-        caller.start()
-    for caller in callers:
-        caller.join()
+    calls: list[int] = []
+    monkeypatch.setattr(cache, "gradient_fusion", slowed(cache.gradient_fusion, calls))
+    results = at_once(lambda: cached_fusion(pipe, concepts[:1], config, root=tmp_path, progress=False))
     assert len(calls) == 1 and sorted(hit for _, _, hit in results) == [False, True]
     (first, _, _), (second, _, _) = results
     assert all(torch.equal(first.unet[k], second.unet[k]) for k in first.unet)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from PIL import Image
 
 from baselines.cones2.attention import Cones2AttnProcessor
@@ -78,17 +79,19 @@ class Cones2Method:
         images = ctx.reference_images(concept_id)
         path = quick_cache_path(ctx, concept_id, base_ref, images, steps, int(self.params["quick_train_resolution"]))
         if key not in self._quick:
-            if path is not None and path.is_file():
-                self._quick[key] = load_residual(path, hidden, length, where)
-            else:
-                self._quick[key] = train_residual(
-                    pipe,
-                    concept,
-                    ctx.reference_images(concept_id),
-                    steps,
-                    path,
-                    resolution=int(self.params["quick_train_resolution"]),
-                )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(f"{path}.lock"):  # the ranks of one run train it once and share it
+                if path.is_file():
+                    self._quick[key] = load_residual(path, hidden, length, where)
+                else:
+                    self._quick[key] = train_residual(
+                        pipe,
+                        concept,
+                        ctx.reference_images(concept_id),
+                        steps,
+                        path,
+                        resolution=int(self.params["quick_train_resolution"]),
+                    )
         return self._quick[key], f"quick:{steps} steps (cached at {path})"
 
     @torch.no_grad()
