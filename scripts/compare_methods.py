@@ -13,7 +13,6 @@ import argparse
 from pathlib import Path
 
 from reports.calibration import seed_means
-from reports.info import metric_info
 from reports.load import load_scores
 
 
@@ -27,10 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=float, default=3.0)
     args = parser.parse_args(argv)
     frame = load_scores(args.runs)
+    infos = frame.attrs["metrics"]
     ahead = True
     for metric in args.metrics.split(","):
-        kind = frame.loc[frame["metric"] == metric, "kind"].iloc[0]
-        info = (frame.attrs.get("metrics") or {}).get(metric) or metric_info(metric, {"metric": metric, "kind": kind})
+        if metric not in infos:
+            parser.error(f"--metrics: '{metric}' is not scored in {[str(r) for r in args.runs]}; "
+                         f"expected one of {sorted(infos)}")
+        info = infos[metric]
         a, b = seed_means(frame, metric, args.a) * info.scale, seed_means(frame, metric, args.b) * info.scale
         gap = (a.mean() - b.mean()) * (1 if info.higher_is_better else -1)
         need = args.k * max(a.std(ddof=1), b.std(ddof=1))

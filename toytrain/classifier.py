@@ -89,9 +89,9 @@ HELD_OUT_NOISE: dict[str, NoiseMaker] = {"uniform": _uniform}
 
 def noise_crops(count: int, kinds: Mapping[str, NoiseMaker], rng: np.random.Generator) -> torch.Tensor:
     """``count`` random square crops (12-40 px) of noise images of the given kinds, as classifier inputs."""
-    crops = []
+    makers, crops = list(kinds.values()), []
     for i in range(count):
-        make = list(kinds.values())[i % len(kinds)]
+        make = makers[i % len(makers)]
         image = Image.fromarray(np.clip(make(rng), 0, 255).astype(np.uint8))
         side = rng.uniform(12, 40)
         x, y = rng.uniform(0, SIZE - side, size=2)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 from PIL import Image
 
 from baselines.cones2.attention import Cones2AttnProcessor
@@ -18,7 +17,7 @@ from baselines.cones2.sampler import cones2_sample
 from baselines.inpaint import base_model_ref
 from baselines.specs import cones2 as declared
 from baselines.specs.cones2 import DATASET_RESIDUALS, DEFAULTS, DEVIATIONS, NAME  # noqa: F401 - re-exported
-from bench.cache import default_cache_dir
+from bench.cache import default_cache_dir, entry_lock
 from bench.methods import Generation, MethodSpec
 from bench.seeds import initial_noise
 from bench.spec import Scene
@@ -79,19 +78,12 @@ class Cones2Method:
         images = ctx.reference_images(concept_id)
         path = quick_cache_path(ctx, concept_id, base_ref, images, steps, int(self.params["quick_train_resolution"]))
         if key not in self._quick:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(f"{path}.lock"):  # the ranks of one run train it once and share it
+            with entry_lock(path):  # the ranks of one run train it once and share it
                 if path.is_file():
                     self._quick[key] = load_residual(path, hidden, length, where)
                 else:
-                    self._quick[key] = train_residual(
-                        pipe,
-                        concept,
-                        ctx.reference_images(concept_id),
-                        steps,
-                        path,
-                        resolution=int(self.params["quick_train_resolution"]),
-                    )
+                    resolution = int(self.params["quick_train_resolution"])
+                    self._quick[key] = train_residual(pipe, concept, images, steps, path, resolution=resolution)
         return self._quick[key], f"quick:{steps} steps (cached at {path})"
 
     @torch.no_grad()

@@ -19,7 +19,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from diffusers import StableDiffusionPipeline
-from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 from baselines.mixofshow.fusion import (
@@ -30,7 +29,7 @@ from baselines.mixofshow.fusion import (
     fusion_key,
     gradient_fusion,
 )
-from bench.cache import default_cache_dir
+from bench.cache import default_cache_dir, entry_lock
 
 WEIGHTS = "fused.safetensors"
 META = "fusion.json"
@@ -87,8 +86,7 @@ def cached_fusion(pipe: StableDiffusionPipeline, concepts: Sequence[FusionConcep
     """The fused model of ``concepts`` on ``pipe``'s base weights: ``(model, key, cache_hit)``."""
     key = fusion_key(pipe, concepts, config)
     folder = (root or fused_cache_root()) / key
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{folder}.lock"):
+    with entry_lock(folder):
         if (folder / WEIGHTS).is_file():
             return load_fused(folder), key, True
         fused = gradient_fusion(pipe, concepts, config, progress=progress)

@@ -15,9 +15,7 @@ from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
-from filelock import FileLock
-
-from bench.cache import default_cache_dir
+from bench.cache import default_cache_dir, entry_lock
 from bench.tokenizer import build_clip_tokenizer
 
 SD15 = "sd15"
@@ -37,8 +35,7 @@ def sd15_config_dir(cache_dir: Path | None = None) -> Path:
     built once from ``build_clip_tokenizer()``.
     """
     target = (cache_dir or default_cache_dir()) / "configs" / SD15
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
+    with entry_lock(target):
         _copy_json_tree(shipped_configs(SD15), target)
         tokenizer_dir = target / "tokenizer"
         if not all((tokenizer_dir / name).is_file() for name in TOKENIZER_FILES):
