@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,10 +13,21 @@ from bench.lora.apply import lora_merged
 from bench.lora.formats import load_lora
 from bench.tokenizer import build_clip_tokenizer
 from toytrain.base import box_masks, grounding_loss, grounding_targets, word_token_positions
+from toytrain.common import diffusion_target, loss_weights
 from toytrain.lora import TEXT_TARGETS, UNET_TARGETS, write_edlora
 from toyworld.classifier import square_box
 from toyworld.concepts import CONCEPTS
-from toyworld.models import build_text_encoder, build_unet
+from toyworld.models import (
+    SD1_EPSILON,
+    ZERO_SNR_V,
+    build_text_encoder,
+    build_unet,
+    save_weights,
+    scheduler,
+    stored_schedule,
+    unet_metadata,
+    weights_path,
+)
 from toyworld.world import COLOURS, PLAIN_BACKGROUNDS, ToyObject, render, sample_image
 
 
@@ -119,3 +132,70 @@ def test_square_box_is_centred_and_kept_inside_the_image():
     assert square_box((10, 20, 30, 30), 64, 64) == (10, 15, 30, 35)
     assert square_box((50, 50, 70, 64), 64, 64) == (44, 44, 64, 64)
     assert square_box((0, 0, 100, 20), 64, 64) == (0, 0, 64, 64)
+
+
+def test_training_schedule_reaches_zero_snr_and_its_targets_match_a_hand_computation():
+    """The world trains on v-prediction with zero terminal SNR: the last step holds no trace of the latent,
+    the target is v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho), and only low-noise steps are down-weighted."""
+    schedule = scheduler(ZERO_SNR_V)
+    alphas = schedule.alphas_cumprod
+    assert float(alphas[-1]) == 0.0 and float(alphas[0]) > 0.99
+    latents, noise = torch.randn(3, 4, 16, 16), torch.randn(3, 4, 16, 16)
+    t = torch.tensor([0, 500, 999])
+    a = alphas[t].view(-1, 1, 1, 1)
+    expected = a.sqrt() * noise - (1 - a).sqrt() * latents
+    torch.testing.assert_close(diffusion_target(schedule, latents, noise, t), expected)
+    snr = alphas[t] / (1 - alphas[t])
+    torch.testing.assert_close(loss_weights(schedule, t, 5.0), torch.stack([6 / (snr[0] + 1), torch.tensor(1.0),
+                                                                            torch.tensor(1.0)]))
+    epsilon = scheduler(SD1_EPSILON)
+    torch.testing.assert_close(diffusion_target(epsilon, latents, noise, t), noise)
+    eps_snr = epsilon.alphas_cumprod[t] / (1 - epsilon.alphas_cumprod[t])
+    torch.testing.assert_close(loss_weights(epsilon, t, 5.0), eps_snr.clamp(max=5) / eps_snr)
+
+
+def test_a_pipeline_samples_with_the_schedule_its_unet_was_trained_on(tmp_path):
+    """The schedule is stored in the UNet file: new weights load as v-prediction, files without it as SD1.x epsilon."""
+    unet = build_unet()
+    save_weights(unet, weights_path("unet", tmp_path), unet_metadata(unet, ZERO_SNR_V))
+    save_weights(unet, weights_path("unet", tmp_path / "old"), {"config": json.dumps(dict(unet.config))})
+    assert stored_schedule(weights_path("unet", tmp_path)) == ZERO_SNR_V
+    assert stored_schedule(weights_path("unet", tmp_path / "old")) == SD1_EPSILON
+    new = scheduler(stored_schedule(weights_path("unet", tmp_path)))
+    assert new.config.prediction_type == "v_prediction" and new.config.timestep_spacing == "trailing"
+    new.set_timesteps(25)
+    assert int(new.timesteps[0]) == 999  # sampling starts where the training schedule has zero SNR
+    old = scheduler(stored_schedule(weights_path("unet", tmp_path / "old")))
+    assert old.config.prediction_type == "epsilon" and old.config.steps_offset == 1
+
+
+def test_background_check_reads_the_border_not_the_object():
+    """A red square filling the middle of a white canvas has a white background, not a grey or black one."""
+    from toytrain.gates import background_right
+
+    image = render([ToyObject("square", "red", "solid", 32, 32, 20)], "white")
+    assert background_right(image, "white")
+    assert not background_right(image, "gray") and not background_right(image, "black")
+    assert background_right(render([], "gray"), "gray") and not background_right(render([], "gray"), "white")
+
+
+def test_word_head_labels_each_object_word_and_ignores_the_rest():
+    """The word head reads the object words at their token positions: labels by hand for 'a red striped circle
+    and a blue square', -1 for empty slots; a dropped caption adds nothing to the loss."""
+    from toytrain.base import MAX_WORDS, WordHead, word_loss
+
+    tokenizer = build_clip_tokenizer()
+    item = sample_image(np.random.default_rng(0))
+    item.objects = [ToyObject("circle", "red", "striped", 20, 20, 10), ToyObject("square", "blue", "solid", 45, 45, 9)]
+    item.caption = "a red striped circle and a blue square"
+    item.word_objects = {1: 0, 2: 0, 3: 0, 6: 1, 7: 1}
+    positions, _ = grounding_targets(tokenizer, [item])
+    ids = tokenizer([item.caption], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    head = WordHead(tokenizer, 64)
+    words = [*COLOURS, "striped", "dotted", "circle", "square", "triangle", "cross"]
+    logits, labels = head(torch.randn(1, 77, 64), ids, positions)
+    expected = [words.index(w) for w in ("red", "striped", "circle", "blue", "square")]
+    assert labels[0].tolist() == expected + [-1] * (MAX_WORDS - len(expected))
+    assert logits.shape == (1, MAX_WORDS, len(words)) and float(logits.detach().abs().max()) <= 10.0 + 1e-4
+    assert float(word_loss(head, torch.randn(1, 77, 64), ids, positions, torch.tensor([False]))) == 0.0
+    assert float(word_loss(head, torch.randn(1, 77, 64), ids, positions, torch.tensor([True])).detach()) > 0.0

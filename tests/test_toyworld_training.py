@@ -26,11 +26,14 @@ def _train(stage: str, out, *extra: str) -> None:
 def test_all_stages_train_and_load(tmp_path):
     with pytest.raises(MissingWeights, match="python -m toytrain base"):
         load_toy_pipeline(tmp_path)
-    for stage in ("vae", "base", "classifier", "clip"):
+    _train("vae", tmp_path)
+    _train("base", tmp_path, "--schedule", "zero-snr-v", "--word-weight", "0.1")
+    for stage in ("classifier", "clip"):
         _train(stage, tmp_path)
     _train("lora", tmp_path, "--concepts", "ruby")
     pipe = load_toy_pipeline(tmp_path)
     assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 16
+    assert pipe.scheduler.config.prediction_type == "v_prediction"  # read from the UNet file; the LoRA trained on it
     lora = load_lora(tmp_path / "loras" / "ruby.safetensors")
     check_lora_fits(lora, pipe.unet, pipe.text_encoder)
     assert set(lora.token_embeddings) == set(CONCEPTS["ruby"].tokens)
@@ -65,6 +68,14 @@ def _clip(out, log, ck):
     return out / "clip.safetensors"
 
 
+def _base(out, log, ck):
+    from toytrain.base import train_base
+
+    train_base(out, seed=1, log=log, images=128, steps=4, batch=4, schedule="zero-snr-v", word_weight=0.1,
+               checkpoints=ck, save_every=2)
+    return out / "unet.safetensors"
+
+
 def _lora(out, log, ck):
     from toytrain.lora import train_concept
 
@@ -73,8 +84,8 @@ def _lora(out, log, ck):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("stage", "train"), [("vae", _vae), ("classifier", _classifier), ("clip", _clip),
-                                              ("lora-ruby", _lora)])
+@pytest.mark.parametrize(("stage", "train"), [("vae", _vae), ("base", _base), ("classifier", _classifier),
+                                              ("clip", _clip), ("lora-ruby", _lora)])
 def test_a_stopped_stage_resumes_to_the_same_weights(stage, train, tmp_path, monkeypatch):
     """Stopped right after its first checkpoint and started again, a training stage writes the same weights
     as an uninterrupted run (tiny sizes; the classifier and CLIP stages read the committed toy VAE)."""

@@ -1,15 +1,16 @@
 """Train the toy UNet and text encoder from scratch, with a token-grounding loss from the first step.
 
-Diffusion loss: epsilon prediction on the SD1.x noise schedule with min-SNR-5 weighting, 10 %
-captions dropped to the empty prompt. Grounding loss (TokenCompose-style): for every caption word
-that names an object (its colour, texture and shape), ``(1 - attention mass inside the object's
-box)**2`` at every cross-attention layer of 8x8 or finer. Without it cross-attention does not
+Diffusion loss: epsilon prediction on SD1.x's noise schedule, or (``schedule="zero-snr-v"``) v-prediction on
+its betas rescaled to zero terminal SNR (:data:`toyworld.models.SCHEDULES`); low-noise steps capped at SNR 5
+(:func:`toytrain.common.loss_weights`); 10 % captions dropped to the empty prompt. Optionally (``word_weight``)
+a word-identity loss on the text encoder's outputs (:class:`WordHead`). Grounding loss (TokenCompose-style):
+for every caption word that names an object (its colour, texture and shape), ``(1 - attention mass inside the
+object's box)**2`` at every cross-attention layer of 8x8 or finer. Without it cross-attention does not
 localize in this world, and box-guided methods would have nothing to act on.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -18,23 +19,27 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from bench.layers import attention_level, cross_attention_layers
 from bench.tokenizer import build_clip_tokenizer
-from toytrain.common import Checkpoint, TrainLog, checkpoint_dir, lr_at, seed_everything
+from toytrain.common import Checkpoint, TrainLog, checkpoint_dir, diffusion_target, loss_weights, lr_at, seed_everything
 from toytrain.data import render_set, to_unit
 from toyworld.models import (
+    SCHEDULES,
     build_text_encoder,
     build_unet,
     load_vae,
     save_weights,
     scheduler,
+    unet_metadata,
     weights_path,
 )
-from toyworld.world import SIZE, UPRIGHT, ToyImage
+from toyworld.world import COLOURS, SHAPES, SIZE, TEXTURES, UPRIGHT, ToyImage
 
 MAX_WORDS = 9  # three objects of up to three words
 GROUNDING_WEIGHT = 0.05
+WORD_TEMPERATURE = 10.0
 CAPTION_DROPOUT = 0.1
 MIN_SNR = 5.0
 
@@ -113,6 +118,46 @@ def grounding_loss(processors: dict[int, GroundingProcessor], positions: torch.T
     return torch.stack(losses).mean()
 
 
+class WordHead(nn.Module):
+    """Reads which world word (colour, texture or shape) a caption token names from the text encoder's output.
+
+    Trained beside the generator (:func:`word_loss`) and thrown away after. Without it the jointly trained encoder
+    gives a shape word nearly the output of any other shape after the same colour (``scripts/diagnose_text_encoder.py``:
+    cosine 0.996 between "square" and "cross" in the committed world). The logits are cosines times a fixed
+    temperature, so the loss is met only by outputs that point apart, not by a larger head.
+    """
+
+    def __init__(self, tokenizer, width: int) -> None:
+        super().__init__()
+        words = (*COLOURS, *TEXTURES[1:], *SHAPES)
+        token_ids = [tokenizer(word, add_special_tokens=False).input_ids for word in words]
+        if any(len(ids) != 1 for ids in token_ids) or len({ids[0] for ids in token_ids}) != len(words):
+            found = dict(zip(words, token_ids, strict=True))
+            raise ValueError(f"every world word must be one distinct CLIP token; got {found}")
+        self.register_buffer("token_ids", torch.tensor([ids[0] for ids in token_ids]), persistent=False)
+        self.classes = nn.Parameter(torch.randn(len(words), width))
+
+    def forward(self, hidden: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[B, MAX_WORDS, words]`` at each object word's position, and its class (-1 where none)."""
+        gather = positions.clamp(min=0)
+        outputs = torch.gather(hidden, 1, gather[..., None].expand(-1, -1, hidden.shape[-1]))
+        logits = WORD_TEMPERATURE * F.normalize(outputs, dim=-1) @ F.normalize(self.classes, dim=-1).T
+        matches = torch.gather(ids, 1, gather)[..., None] == self.token_ids
+        labels = torch.where(matches.any(-1) & (positions >= 0), matches.float().argmax(-1), -1)
+        return logits, labels
+
+
+def word_loss(head: WordHead, hidden: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor,
+              keep: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of :class:`WordHead` over the object words of the captions kept (not dropped)."""
+    logits, labels = head(hidden, ids, positions)
+    labels = torch.where(keep[:, None], labels, -1)
+    if not (labels >= 0).any():
+        return torch.zeros(())
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1)
+
+
 def install_grounding(unet) -> list[tuple[int, GroundingProcessor]]:
     """A recording processor on every cross-attention layer of 8x8 or finer; returns (resolution, processor)."""
     latent = unet.config.sample_size
@@ -159,7 +204,8 @@ def _training_data(folder: Path, weights: Path, images: int, seed: int, tokenize
 
 
 def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.0, images: int = 50000,
-               steps: int = 2500, batch: int = 64, peak_lr: float = 1e-3, ema_decay: float = 0.999,
+               steps: int = 3800, batch: int = 64, peak_lr: float = 1e-3, ema_decay: float = 0.999,
+               schedule: str = "sd1-epsilon", word_weight: float = 0.0, unet_size: str = "small",
                checkpoints: Path | None = None, save_every: int = 100) -> None:
     """Train and write ``unet.safetensors`` and ``text_encoder.safetensors`` (their EMA weights).
 
@@ -170,7 +216,9 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
     """
     seed_everything(seed)
     steps, images = max(4, int(steps * scale)), max(128, int(images * scale))
-    folder = checkpoints or checkpoint_dir(f"base-{steps}")
+    recipe = "" if (schedule, word_weight, unet_size) == ("sd1-epsilon", 0.0, "small") else (
+        f"-{unet_size}-{schedule}-words{word_weight:g}")
+    folder = checkpoints or checkpoint_dir(f"base-{steps}{recipe}")
     checkpoint = Checkpoint(folder)
     start = time.time()
     tokenizer = build_clip_tokenizer()
@@ -178,9 +226,10 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
     means, stds, ids, positions, boxes = (data[k] for k in ("means", "stds", "ids", "positions", "boxes"))
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
 
-    unet, text_encoder = build_unet().train(), build_text_encoder().train()
+    unet, text_encoder = build_unet(unet_size).train(), build_text_encoder().train()
     layers = dict(install_grounding(unet))
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    head = WordHead(tokenizer, text_encoder.config.hidden_size) if word_weight else None
+    params = [*unet.parameters(), *text_encoder.parameters(), *(head.parameters() if head else ())]
     opt = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.99), weight_decay=0.0)
     ema_unet = EMAModel(unet.parameters(), decay=ema_decay)
     ema_text = EMAModel(text_encoder.parameters(), decay=ema_decay)
@@ -192,17 +241,17 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
     else:
         unet.load_state_dict(state["unet"])
         text_encoder.load_state_dict(state["text_encoder"])
+        if head is not None:
+            head.load_state_dict(state["word_head"])
         opt.load_state_dict(state["optimizer"])
         ema_unet.load_state_dict(state["ema_unet"])
         ema_text.load_state_dict(state["ema_text"])
         gen.set_state(state["generator"])
         first, elapsed = int(state["step"]), float(state["seconds"])
         log.event("base-resume", step=first, seconds=round(elapsed, 1))
-    noise_schedule = scheduler()
-    alphas = noise_schedule.alphas_cumprod
-    snr = alphas / (1 - alphas)
+    noise_schedule = scheduler(SCHEDULES[schedule])
     start = time.time() - elapsed
-    running = {"diffusion": 0.0, "grounding": 0.0}
+    running = {"diffusion": 0.0, "grounding": 0.0, "words": 0.0}
     for step in range(first, steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, peak_lr, warmup=200)
@@ -217,10 +266,12 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
             processor.record = True
         hidden = text_encoder(batch_ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
-        weight = snr[t].clamp(max=MIN_SNR) / snr[t]
-        diffusion = (weight * F.mse_loss(pred, noise, reduction="none").mean((1, 2, 3))).mean()
+        target = diffusion_target(noise_schedule, latents, noise, t)
+        weight = loss_weights(noise_schedule, t, MIN_SNR)
+        diffusion = (weight * F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))).mean()
         grounding = grounding_loss(layers, positions[idx], boxes[idx], keep)
-        loss = diffusion + GROUNDING_WEIGHT * grounding
+        words = word_loss(head, hidden, batch_ids, positions[idx], keep) if head else torch.zeros(())
+        loss = diffusion + GROUNDING_WEIGHT * grounding + word_weight * words
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -229,29 +280,34 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
         ema_text.step(text_encoder.parameters())
         running["diffusion"] += diffusion.item()
         running["grounding"] += grounding.item()
+        running["words"] += words.item()
         done = step + 1
         if done % 100 == 0 or done == steps:
             count = 100 if done % 100 == 0 else done % 100
             log.event("base", step=done, diffusion=round(running["diffusion"] / count, 5),
-                      grounding=round(running["grounding"] / count, 4), seconds=round(time.time() - start, 1))
-            running = {"diffusion": 0.0, "grounding": 0.0}
+                      grounding=round(running["grounding"] / count, 4), words=round(running["words"] / count, 4),
+                      seconds=round(time.time() - start, 1))
+            running = dict.fromkeys(running, 0.0)
         if done % 500 == 0 or done == steps:
-            _write_ema(unet, text_encoder, ema_unet, ema_text, folder / "snapshot" if done < steps else out_dir)
+            _write_ema(unet, text_encoder, ema_unet, ema_text, folder / "snapshot" if done < steps else out_dir,
+                       SCHEDULES[schedule])
         if done == steps:  # the last raw weights too, to compare with the EMA (toytrain.gates --weights)
-            save_weights(unet, weights_path("unet", folder / "raw"), {"config": json.dumps(dict(unet.config))})
+            save_weights(unet, weights_path("unet", folder / "raw"), unet_metadata(unet, SCHEDULES[schedule]))
             save_weights(text_encoder, weights_path("text_encoder", folder / "raw"))
         if done % save_every == 0 and done < steps:
             checkpoint.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                             "optimizer": opt.state_dict(), "ema_unet": ema_unet.state_dict(),
-                             "ema_text": ema_text.state_dict(), "generator": gen.get_state(), "step": done,
+                             "word_head": head.state_dict() if head else {}, "optimizer": opt.state_dict(),
+                             "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                             "generator": gen.get_state(), "step": done,
                              "seconds": time.time() - start})
-    log.event("base-done", steps=steps, samples=steps * batch, ema_decay=ema_decay,
-              seconds=round(time.time() - start, 1))
+    checkpoint.remove()
+    log.event("base-done", steps=steps, samples=steps * batch, ema_decay=ema_decay, schedule=schedule,
+              word_weight=word_weight, unet=unet_size, seconds=round(time.time() - start, 1))
 
 
-def _write_ema(unet, text_encoder, ema_unet: EMAModel, ema_text: EMAModel, folder: Path) -> None:
+def _write_ema(unet, text_encoder, ema_unet: EMAModel, ema_text: EMAModel, folder: Path, schedule: dict) -> None:
     """Write the EMA weights as ``unet`` / ``text_encoder`` safetensors in ``folder`` (training weights kept)."""
-    configs = {"unet": {"config": json.dumps(dict(unet.config))}, "text_encoder": None}
+    configs = {"unet": unet_metadata(unet, schedule), "text_encoder": None}
     for module, ema, name in ((unet, ema_unet, "unet"), (text_encoder, ema_text, "text_encoder")):
         ema.store(module.parameters())
         ema.copy_to(module.parameters())

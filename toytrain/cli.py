@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.stage == "base":
         from toytrain.base import train_base
 
-        train_base(args.out, seed=args.seed, log=log, scale=args.scale)
+        train_base(args.out, seed=args.seed, log=log, scale=args.scale, schedule=args.schedule,
+                   word_weight=args.word_weight, unet_size=args.unet)
     elif args.stage == "lora":
         from toytrain.lora import train_loras
 

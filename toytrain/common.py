@@ -134,3 +134,24 @@ class ResumableLoop:
     def finish(self) -> None:
         """Forget the saved state (the stage has written its result)."""
         self.checkpoint.remove()
+
+
+def diffusion_target(schedule, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict under ``schedule``: the noise, or the velocity for v-prediction."""
+    if schedule.config.prediction_type == "v_prediction":
+        return schedule.get_velocity(latents, noise, t)
+    return noise
+
+
+def loss_weights(schedule, t: torch.Tensor, gamma: float = 5.0) -> torch.Tensor:
+    """Per-sample loss weights that cap low-noise steps at SNR ``gamma`` (min-SNR) and keep high-noise ones at 1.
+
+    For epsilon prediction this is min-SNR-gamma, ``min(snr, gamma) / snr``. For v-prediction the same cap is
+    ``min(snr + 1, gamma + 1) / (snr + 1)``: the v loss at high noise is an x0 loss, and at zero SNR (the last
+    step of a zero-terminal-SNR schedule) it is the whole of what the prompt must decide, so it keeps weight 1.
+    """
+    alphas = schedule.alphas_cumprod[t]
+    snr = alphas / (1 - alphas)
+    if schedule.config.prediction_type == "v_prediction":
+        return (snr + 1).clamp(max=gamma + 1) / (snr + 1)
+    return snr.clamp(max=gamma) / snr

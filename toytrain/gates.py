@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -45,6 +46,14 @@ def read_foreground(model: BoxClassifier, image: Image.Image) -> tuple[str, str,
     return prediction.shape, prediction.colour, prediction.texture
 
 
+def background_right(image: Image.Image, background: str, threshold: int = 60) -> bool:
+    """Whether a sample's border (its median colour) is the prompted plain background, within the
+    foreground threshold of :func:`toyworld.classifier.foreground_box`."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return bool(np.abs(np.median(border, axis=0) - PLAIN_BACKGROUNDS[background]).sum() <= threshold)
+
+
 def base_gate(pipe: Any, model: BoxClassifier, seeds: int, shapes: Sequence[str] = SHAPES, steps: int = STEPS,
               guidance: float = GUIDANCE) -> dict[str, Any]:
     """Recognition rate of single-shape prompts over every shape x colour, rotating plain backgrounds."""
@@ -63,6 +72,7 @@ def base_gate(pipe: Any, model: BoxClassifier, seeds: int, shapes: Sequence[str]
                     hits[key].append(ok)
                 hits["shape_right"].append(got_shape == shape)
                 hits["colour_right"].append(got_colour == colour)
+                hits["background_right"].append(background_right(image, background))
     return {key: round(sum(v) / len(v), 4) for key, v in hits.items()} | {"images": len(hits["all"])}
 
 

@@ -22,7 +22,7 @@ from bench.layers import cross_attention_layers
 from bench.prompts import LayerwiseState, LayerwiseTextEncoder, install_layerwise, token_rows_written
 from toytrain import LORA_DIR
 from toytrain.base import encode_latents
-from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, lr_at, seed_everything
+from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, diffusion_target, lr_at, seed_everything
 from toyworld.concepts import CONCEPTS, ToyConcept, sample_concept_image
 from toyworld.models import WEIGHTS_DIR, load_toy_pipeline
 from toyworld.world import render
@@ -122,7 +122,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
             noise = torch.randn(latents.shape, generator=gen)
             t = torch.randint(0, len(alphas), (batch,), generator=gen)
             pred = unet(noise_schedule.add_noise(latents, noise, t), t, encoder_hidden_states=hidden[:batch]).sample
-            loss = F.mse_loss(pred, noise)
+            loss = F.mse_loss(pred, diffusion_target(noise_schedule, latents, noise, t))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -17,7 +17,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from bench.tokenizer import build_clip_tokenizer, small_clip_text_config
-from toyworld import WEIGHTS_DIR
+from toyworld import SCHEDULE_NAMES, UNET_SIZE_NAMES, WEIGHTS_DIR
 
 TEXT_DIM = 64
 
@@ -42,19 +42,25 @@ def vae_config(scaling_factor: float = 0.5) -> dict:
     )
 
 
-def unet_config() -> dict:
-    """A small UNet (5.8 M parameters) with cross-attention at 16x16, 8x8 and (mid block) 4x4."""
+# Channels, heads and norm groups of the UNet's sizes: "small" is the committed world's (1.5 M parameters),
+# "wide" has 5.8 M and trains 2.3x slower per step.
+UNET_SIZES = dict(zip(UNET_SIZE_NAMES, (((32, 64, 64), 4, 16), ((64, 128, 128), 8, 32)), strict=True))
+
+
+def unet_config(size: str = "small") -> dict:
+    """A small UNet with cross-attention at 16x16, 8x8 and (mid block) 4x4, of one of :data:`UNET_SIZES`."""
+    channels, heads, groups = UNET_SIZES[size]
     return dict(
         sample_size=16,
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
-        block_out_channels=(64, 128, 128),
+        block_out_channels=channels,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TEXT_DIM,
-        attention_head_dim=8,
-        norm_num_groups=32,
+        attention_head_dim=heads,
+        norm_num_groups=groups,
     )
 
 
@@ -63,12 +69,21 @@ def text_config() -> CLIPTextConfig:
     return small_clip_text_config(build_clip_tokenizer(), TEXT_DIM, intermediate=256, layers=4)
 
 
-def scheduler() -> DDIMScheduler:
-    """DDIM with the SD1.x noise schedule (the toy world is trained on it)."""
-    return DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-        clip_sample=False, set_alpha_to_one=False,
-    )
+# The SD1.x betas, rescaled to zero terminal SNR, with v-prediction and trailing timesteps (Lin et al.,
+# "Common Diffusion Noise Schedules and Sample Steps are Flawed"). On SD1.x's own schedule the last training
+# step keeps 7 % of the latent, so a model learns to read the background from that remnant, and sampled from
+# pure noise it ignores the prompted background (see the toy world's quality gates in the README).
+ZERO_SNR_V = dict(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                  steps_offset=1)  # trailing timesteps ignore the offset; 1 is what SD pipelines expect
+# SD1.x's own: what the committed toy weights were trained on; weights without a stored schedule are read with it.
+SD1_EPSILON = dict(prediction_type="epsilon", steps_offset=1, set_alpha_to_one=False)
+SCHEDULES = dict(zip(SCHEDULE_NAMES, (SD1_EPSILON, ZERO_SNR_V), strict=True))
+
+
+def scheduler(schedule: dict | None = None) -> DDIMScheduler:
+    """DDIM on the SD1.x betas with ``schedule``'s options (default :data:`SD1_EPSILON`)."""
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         **(SD1_EPSILON if schedule is None else schedule))
 
 
 def weights_path(name: str, folder: Path | None = None) -> Path:
@@ -99,9 +114,9 @@ def build_vae(scaling_factor: float = 0.5) -> AutoencoderKL:
     return AutoencoderKL(**vae_config(scaling_factor))
 
 
-def build_unet() -> UNet2DConditionModel:
-    """An untrained toy UNet."""
-    return UNet2DConditionModel(**unet_config())
+def build_unet(size: str = "small") -> UNet2DConditionModel:
+    """An untrained toy UNet of one of :data:`UNET_SIZES`."""
+    return UNet2DConditionModel(**unet_config(size))
 
 
 def build_text_encoder() -> CLIPTextModel:
@@ -122,15 +137,30 @@ def load_vae(folder: Path | None = None) -> AutoencoderKL:
     return load_weights(build_vae(scaling), path, "python -m toytrain vae")
 
 
-def stored_unet_config(path: Path) -> dict:
-    """The UNet config a weights file was trained with (its ``config`` metadata), else :func:`unet_config`."""
-    if not path.is_file():
-        return unet_config()
+def _metadata(path: Path) -> dict[str, str]:
     from safetensors import safe_open
 
+    if not path.is_file():
+        return {}
     with safe_open(str(path), "pt") as handle:
-        stored = (handle.metadata() or {}).get("config")
+        return handle.metadata() or {}
+
+
+def stored_unet_config(path: Path) -> dict:
+    """The UNet config a weights file was trained with (its ``config`` metadata), else :func:`unet_config`."""
+    stored = _metadata(path).get("config")
     return json.loads(stored) if stored else unet_config()
+
+
+def stored_schedule(path: Path) -> dict:
+    """The noise schedule a UNet weights file was trained on (its ``schedule`` metadata), else :data:`SD1_EPSILON`."""
+    stored = _metadata(path).get("schedule")
+    return json.loads(stored) if stored else dict(SD1_EPSILON)
+
+
+def unet_metadata(unet: UNet2DConditionModel, schedule: dict) -> dict[str, str]:
+    """What a UNet weights file stores beside the weights: its config and the schedule it was trained on."""
+    return {"config": json.dumps(dict(unet.config)), "schedule": json.dumps(schedule)}
 
 
 def load_toy_pipeline(folder: Path | None = None) -> StableDiffusionPipeline:
@@ -144,7 +174,7 @@ def load_toy_pipeline(folder: Path | None = None) -> StableDiffusionPipeline:
         text_encoder=text_encoder.eval(),
         tokenizer=build_clip_tokenizer(),
         unet=unet.eval(),
-        scheduler=scheduler(),
+        scheduler=scheduler(stored_schedule(path)),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
