@@ -49,3 +49,23 @@ def test_compare_methods_applies_the_calibration_rule_between_two_rows(tmp_path:
     assert "gap 0.3," in line and "needs 0.0212" in line and "ahead" in line  # 3 * std of (0.90, 0.91)
     assert compare.main([str(run), "--a", "ref-swapped", "--b", "ref-oracle", "--metrics", "clip_i"]) == 1
     assert "NOT ahead" in capsys.readouterr().out
+
+
+def test_text_encoder_diagnosis_compares_each_word_with_the_others_under_the_same_context() -> None:
+    """Shape words are compared after the same colour, colour words before the same shape; by hand on 2-d outputs."""
+    import torch
+
+    diagnosis = _script("diagnose_text_encoder")
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    diagonal = torch.tensor([1.0, 1.0])
+    outputs = {  # (colour, shape) -> (output at the colour word, output at the shape word)
+        ("red", "circle"): (e1, e1), ("red", "square"): (e1, e1),  # red: circle and square alike
+        ("blue", "circle"): (e2, e1), ("blue", "square"): (e2, e2),  # blue: orthogonal
+    }
+    shapes = diagnosis.mean_cosines(outputs, ("circle", "square"), ("red", "blue"), 1)
+    assert shapes == {"circle/square": 0.5}  # (1 + 0) / 2
+    colours = diagnosis.mean_cosines(outputs, ("red", "blue"), ("circle", "square"), 0)
+    assert colours == {"red/blue": 0.0}
+    outputs["blue", "square"] = (diagonal, e2)
+    half_diagonal = round(0.5**0.5 / 2, 3)  # cos 0 after circle, cos 45 degrees after square
+    assert diagnosis.mean_cosines(outputs, ("red", "blue"), ("circle", "square"), 0) == {"red/blue": half_diagonal}
