@@ -249,7 +249,8 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
         gen.set_state(state["generator"])
         first, elapsed = int(state["step"]), float(state["seconds"])
         log.event("base-resume", step=first, seconds=round(elapsed, 1))
-    noise_schedule = scheduler(SCHEDULES[schedule])
+    trained_on = SCHEDULES[schedule]
+    noise_schedule = scheduler(trained_on)
     start = time.time() - elapsed
     running = {"diffusion": 0.0, "grounding": 0.0, "words": 0.0}
     for step in range(first, steps):
@@ -290,9 +291,9 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
             running = dict.fromkeys(running, 0.0)
         if done % 500 == 0 or done == steps:
             _write_ema(unet, text_encoder, ema_unet, ema_text, folder / "snapshot" if done < steps else out_dir,
-                       SCHEDULES[schedule])
+                       trained_on)
         if done == steps:  # the last raw weights too, to compare with the EMA (toytrain.gates --weights)
-            save_weights(unet, weights_path("unet", folder / "raw"), unet_metadata(unet, SCHEDULES[schedule]))
+            save_weights(unet, weights_path("unet", folder / "raw"), unet_metadata(unet, trained_on))
             save_weights(text_encoder, weights_path("text_encoder", folder / "raw"))
         if done % save_every == 0 and done < steps:
             checkpoint.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),

@@ -27,7 +27,7 @@ from baselines.sampling import encode_pair, sample_layerwise
 from bench.lora.apply import lora_merged
 from bench.lora.formats import load_lora
 from toytrain.arguments import add_gates_arguments
-from toyworld.classifier import BoxClassifier, classify_boxes, foreground_box, load_classifier
+from toyworld.classifier import BoxClassifier, border_colour, classify_boxes, foreground_box, load_classifier
 from toyworld.concepts import CONCEPTS, concept_caption
 from toyworld.models import load_toy_pipeline
 from toyworld.world import COLOURS, PLAIN_BACKGROUNDS, SHAPES, background_phrase
@@ -50,8 +50,7 @@ def background_right(image: Image.Image, background: str, threshold: int = 60) -
     """Whether a sample's border (its median colour) is the prompted plain background, within the
     foreground threshold of :func:`toyworld.classifier.foreground_box`."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    return bool(np.abs(np.median(border, axis=0) - PLAIN_BACKGROUNDS[background]).sum() <= threshold)
+    return bool(np.abs(border_colour(pixels) - PLAIN_BACKGROUNDS[background]).sum() <= threshold)
 
 
 def base_gate(pipe: Any, model: BoxClassifier, seeds: int, shapes: Sequence[str] = SHAPES, steps: int = STEPS,

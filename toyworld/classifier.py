@@ -105,6 +105,11 @@ def classify_boxes(model: BoxClassifier, image: Image.Image, boxes: Sequence[Seq
     return predictions
 
 
+def border_colour(pixels: np.ndarray) -> np.ndarray:
+    """The median RGB of an ``[H, W, 3]`` image's border pixels: its background colour on plain backgrounds."""
+    return np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]), axis=0)
+
+
 def foreground_box(image: Image.Image, threshold: int = 60) -> tuple[float, float, float, float] | None:
     """Bounding box of the pixels that differ from the background (median of the border), or None.
 
@@ -112,9 +117,7 @@ def foreground_box(image: Image.Image, threshold: int = 60) -> tuple[float, floa
     border pixels, foreground is a summed absolute RGB difference above ``threshold``.
     """
     pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    background = np.median(border, axis=0)
-    mask = np.abs(pixels - background).sum(-1) > threshold
+    mask = np.abs(pixels - border_colour(pixels)).sum(-1) > threshold
     if mask.sum() < 12:
         return None
     ys, xs = np.nonzero(mask)
