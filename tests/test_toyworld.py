@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, inject_adapter_in_model
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 from bench.lora.apply import lora_merged
 from bench.lora.formats import load_lora
 from bench.tokenizer import build_clip_tokenizer
 from toytrain.base import box_masks, grounding_loss, grounding_targets, word_token_positions
 from toytrain.common import diffusion_target, loss_weights
+from toytrain.data import to_unit
 from toytrain.lora import TEXT_TARGETS, UNET_TARGETS, write_edlora
 from toyworld.classifier import square_box
 from toyworld.concepts import CONCEPTS
@@ -22,6 +25,7 @@ from toyworld.models import (
     ZERO_SNR_V,
     build_text_encoder,
     build_unet,
+    load_vae,
     save_weights,
     scheduler,
     stored_schedule,
@@ -177,6 +181,28 @@ def test_background_check_reads_the_border_not_the_object():
     assert background_right(image, "white")
     assert not background_right(image, "gray") and not background_right(image, "black")
     assert background_right(render([], "gray"), "gray") and not background_right(render([], "gray"), "white")
+
+
+def test_foreground_box_ignores_the_decoders_edge_lines():
+    """The toy VAE's decoder brightens or darkens the outermost rows and columns of a plain background past the
+    foreground threshold; the box is still the object's (within 2 px of its drawn extent), not the canvas corner."""
+    from toyworld.classifier import foreground_box
+
+    triangle = ToyObject("triangle", "red", "solid", 26, 30, 12)
+    image = render([triangle], "white")
+    clean = foreground_box(image)
+    pixels = np.asarray(image).copy()
+    pixels[-1, :] = pixels[20:, -1] = (200, 200, 200)
+    pixels[0, 5] = (0, 0, 0)
+    assert foreground_box(Image.fromarray(pixels)) == clean
+    vae = load_vae().eval()
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(to_unit(pil_to_tensor(image)[None])).latent_dist.mean).sample
+    decoded_image = to_pil_image(((decoded[0].clamp(-1, 1) + 1) * 127.5).round().byte())
+    edges = np.abs(np.asarray(decoded_image, dtype=int)[[0, -1]] - 238).sum(-1).max()
+    assert edges > 60  # the artefact this guards against is there
+    assert np.abs(np.subtract(foreground_box(decoded_image), clean)).max() <= 2
+    assert clean[2] < 40 and clean[3] < 40
 
 
 def test_word_head_labels_each_object_word_and_ignores_the_rest():
