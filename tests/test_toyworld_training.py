@@ -122,3 +122,22 @@ def test_a_stopped_stage_resumes_to_the_same_weights(stage, train, tmp_path, mon
     a, b = load_file(str(straight)), load_file(str(resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "ck" / "state.pt").exists()  # removed once the weights are written
+
+
+def test_a_concept_trains_with_the_same_seed_alone_or_with_the_others(monkeypatch, tmp_path):
+    """`--concepts jade` trains jade's LoRA from the seed the full run gives it (its place among the world's
+    concepts), so a subset run writes the same LoRA and resumes the full run's checkpoint."""
+    from toytrain import lora
+    from toytrain.common import TrainLog
+
+    seeds: dict[tuple[str, ...], dict[str, int]] = {}
+
+    def record(concept, target, *, seed, **_):
+        seeds.setdefault(request, {})[concept.id] = seed
+
+    monkeypatch.setattr(lora, "train_concept", record)
+    log = TrainLog(tmp_path / "log")
+    for request in ((), ("cobalt", "jade")):
+        lora.train_loras(tmp_path, seed=7, log=log, concepts=list(request) or None)
+    assert seeds[()] == {concept: 7 + n for n, concept in enumerate(CONCEPTS)}
+    assert seeds[("cobalt", "jade")] == {"cobalt": seeds[()]["cobalt"], "jade": seeds[()]["jade"]}

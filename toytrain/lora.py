@@ -144,8 +144,10 @@ def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
                 concepts: list[str] | None = None, lora_dir: Path | None = None) -> None:
     """Train every (or the named) concept's ED-LoRA; LoRAs go to the toy dataset's ``loras`` folder."""
     target = lora_dir or (LORA_DIR if out_dir.resolve() == WEIGHTS_DIR.resolve() else out_dir / "loras")
-    for n, concept_id in enumerate(concepts or list(CONCEPTS)):
+    for concept_id in concepts or list(CONCEPTS):
         if concept_id not in CONCEPTS:
             raise SystemExit(f"--concepts: unknown concept '{concept_id}'; expected one of {list(CONCEPTS)}")
-        train_concept(CONCEPTS[concept_id], target, seed=seed + n, log=log, weights=out_dir,
+        # the concept's place in the world, not in the request: a subset trains what the full run trains
+        number = list(CONCEPTS).index(concept_id)
+        train_concept(CONCEPTS[concept_id], target, seed=seed + number, log=log, weights=out_dir,
                       steps=max(4, int(800 * scale)))
