@@ -40,6 +40,7 @@ def test_reference_check_fails_without_concept_enhancement(work: Path, capsys: p
     assert code == 1
     failing = [line for line in out.splitlines() if "FAIL" in line and "lora-composer" in line]
     assert failing, out
+    print("\n".join(failing))  # which scores left their bands (shown with pytest -rP)
 
 
 @pytest.mark.slow
@@ -54,3 +55,4 @@ def test_reference_check_fails_with_the_loras_in_the_wrong_boxes(
     assert code == 1
     failing = [line for line in out.splitlines() if "FAIL" in line and "lora-composer" in line]
     assert failing, out
+    print("\n".join(failing))  # which scores left their bands (shown with pytest -rP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -9,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from toytrain.arguments import add_train_arguments
 from toytrain.classifier import HELD_OUT_NOISE, _dataset, _round_tripped_set, accuracy, noise_crops, none_rate
 from toytrain.gates import base_gate, lora_gate
 from toytrain.lora import LORA_DIR
 from toyworld.classifier import load_classifier
-from toyworld.models import WEIGHTS_DIR, load_toy_pipeline, load_vae
+from toyworld.models import SCHEDULES, WEIGHTS_DIR, load_toy_pipeline, load_vae, stored_schedule, weights_path
 from toyworld.world import COLOURS, SHAPES, ToyObject, render
 
 
@@ -60,3 +62,13 @@ def test_gate_numbers_reproduce(one_thread):
     ruby = gates["concept_loras"]["ruby"]
     rate = lora_gate(pipe, model, ruby["images"], LORA_DIR, concepts=["ruby"])["ruby"]["rate"]
     assert rate == pytest.approx(ruby["rate"], abs=1 / ruby["images"] + 1e-9)
+
+
+def test_the_base_stage_defaults_to_the_committed_worlds_recipe():
+    """`python -m toytrain base` with no options trains what the committed UNet file says it was trained on."""
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    defaults = parser.parse_args(["base"])
+    assert stored_schedule(weights_path("unet")) == SCHEDULES[defaults.schedule]
+    channels = load_toy_pipeline().unet.config.block_out_channels
+    assert tuple(channels) == (32, 64, 64) and defaults.unet == "small" and defaults.word_weight > 0

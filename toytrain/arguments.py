@@ -19,12 +19,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--concepts", help="lora stage: comma-separated concept ids (default: all)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply step counts (0.01: smoke run)")
-    parser.add_argument("--schedule", choices=SCHEDULE_NAMES, default="sd1-epsilon",
+    parser.add_argument("--schedule", choices=SCHEDULE_NAMES, default="zero-snr-v",
                         help="base stage: the noise schedule and prediction target (default: the committed world's)")
     parser.add_argument("--unet", choices=UNET_SIZE_NAMES, default="small",
                         help="base stage: the UNet's size (default: small, the committed world's)")
-    parser.add_argument("--word-weight", type=float, default=0.0,
-                        help="base stage: weight of the text encoder's word-identity loss (0: none, as committed)")
+    parser.add_argument("--word-weight", type=float, default=0.1,
+                        help="base stage: weight of the text encoder's word-identity loss "
+                             "(default: 0.1, the committed world's; 0: none)")
 
 
 def add_gates_arguments(parser: argparse.ArgumentParser) -> None:

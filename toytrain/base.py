@@ -1,12 +1,12 @@
 """Train the toy UNet and text encoder from scratch, with a token-grounding loss from the first step.
 
-Diffusion loss: epsilon prediction on SD1.x's noise schedule, or (``schedule="zero-snr-v"``) v-prediction on
-its betas rescaled to zero terminal SNR (:data:`toyworld.models.SCHEDULES`); low-noise steps capped at SNR 5
-(:func:`toytrain.common.loss_weights`); 10 % captions dropped to the empty prompt. Optionally (``word_weight``)
-a word-identity loss on the text encoder's outputs (:class:`WordHead`). Grounding loss (TokenCompose-style):
-for every caption word that names an object (its colour, texture and shape), ``(1 - attention mass inside the
-object's box)**2`` at every cross-attention layer of 8x8 or finer. Without it cross-attention does not
-localize in this world, and box-guided methods would have nothing to act on.
+Diffusion loss: v-prediction on SD1.x's betas rescaled to zero terminal SNR (the default, ``zero-snr-v``), or
+epsilon prediction on SD1.x's own schedule (``sd1-epsilon``; :data:`toyworld.models.SCHEDULES`); low-noise steps
+capped at SNR 5 (:func:`toytrain.common.loss_weights`); 10 % captions dropped to the empty prompt. A
+word-identity loss on the text encoder's outputs (:class:`WordHead`, weight ``word_weight``, 0 for none).
+Grounding loss (TokenCompose-style): for every caption word that names an object (its colour, texture and
+shape), ``(1 - attention mass inside the object's box)**2`` at every cross-attention layer of 8x8 or finer.
+Without it cross-attention does not localize in this world, and box-guided methods would have nothing to act on.
 """
 
 from __future__ import annotations
@@ -23,7 +23,15 @@ from torch import nn
 
 from bench.layers import attention_level, cross_attention_layers
 from bench.tokenizer import build_clip_tokenizer
-from toytrain.common import Checkpoint, TrainLog, checkpoint_dir, diffusion_target, loss_weights, lr_at, seed_everything
+from toytrain.common import (
+    ResumableLoop,
+    TrainLog,
+    checkpoint_dir,
+    diffusion_target,
+    loss_weights,
+    lr_at,
+    seed_everything,
+)
 from toytrain.data import render_set, to_unit
 from toyworld.models import (
     SCHEDULES,
@@ -205,7 +213,7 @@ def _training_data(folder: Path, weights: Path, images: int, seed: int, tokenize
 
 def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.0, images: int = 50000,
                steps: int = 3800, batch: int = 64, peak_lr: float = 1e-3, ema_decay: float = 0.999,
-               schedule: str = "sd1-epsilon", word_weight: float = 0.0, unet_size: str = "small",
+               schedule: str = "zero-snr-v", word_weight: float = 0.1, unet_size: str = "small",
                checkpoints: Path | None = None, save_every: int = 100) -> None:
     """Train and write ``unet.safetensors`` and ``text_encoder.safetensors`` (their EMA weights).
 
@@ -216,10 +224,7 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
     """
     seed_everything(seed)
     steps, images = max(4, int(steps * scale)), max(128, int(images * scale))
-    recipe = "" if (schedule, word_weight, unet_size) == ("sd1-epsilon", 0.0, "small") else (
-        f"-{unet_size}-{schedule}-words{word_weight:g}")
-    folder = checkpoints or checkpoint_dir(f"base-{steps}{recipe}")
-    checkpoint = Checkpoint(folder)
+    folder = checkpoints or checkpoint_dir(f"base-{steps}-{unet_size}-{schedule}-words{word_weight:g}")
     start = time.time()
     tokenizer = build_clip_tokenizer()
     data = _training_data(folder, out_dir, images, seed + 1, tokenizer)
@@ -234,24 +239,14 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
     ema_unet = EMAModel(unet.parameters(), decay=ema_decay)
     ema_text = EMAModel(text_encoder.parameters(), decay=ema_decay)
     gen = torch.Generator().manual_seed(seed)
-    first, elapsed = 0, 0.0
-    state = checkpoint.load()
-    if state is None:
-        log.event("base-data", images=images, seconds=round(time.time() - start, 1))
-    else:
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        if head is not None:
-            head.load_state_dict(state["word_head"])
-        opt.load_state_dict(state["optimizer"])
-        ema_unet.load_state_dict(state["ema_unet"])
-        ema_text.load_state_dict(state["ema_text"])
-        gen.set_state(state["generator"])
-        first, elapsed = int(state["step"]), float(state["seconds"])
-        log.event("base-resume", step=first, seconds=round(elapsed, 1))
+    parts = {"unet": unet, "text_encoder": text_encoder, "optimizer": opt, "ema_unet": ema_unet,
+             "ema_text": ema_text} | ({"word_head": head} if head else {})
+    loop = ResumableLoop("base", folder, log, gen, parts=parts, every=save_every, started=start)
+    first = loop.resume()
+    if first == 0:
+        log.event("base-data", images=images, seconds=round(loop.seconds(), 1))
     trained_on = SCHEDULES[schedule]
     noise_schedule = scheduler(trained_on)
-    start = time.time() - elapsed
     running = {"diffusion": 0.0, "grounding": 0.0, "words": 0.0}
     for step in range(first, steps):
         for group in opt.param_groups:
@@ -287,7 +282,7 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
             count = 100 if done % 100 == 0 else done % 100
             log.event("base", step=done, diffusion=round(running["diffusion"] / count, 5),
                       grounding=round(running["grounding"] / count, 4), words=round(running["words"] / count, 4),
-                      seconds=round(time.time() - start, 1))
+                      seconds=round(loop.seconds(), 1))
             running = dict.fromkeys(running, 0.0)
         if done % 500 == 0 or done == steps:
             _write_ema(unet, text_encoder, ema_unet, ema_text, folder / "snapshot" if done < steps else out_dir,
@@ -295,15 +290,10 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
         if done == steps:  # the last raw weights too, to compare with the EMA (toytrain.gates --weights)
             save_weights(unet, weights_path("unet", folder / "raw"), unet_metadata(unet, trained_on))
             save_weights(text_encoder, weights_path("text_encoder", folder / "raw"))
-        if done % save_every == 0 and done < steps:
-            checkpoint.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                             "word_head": head.state_dict() if head else {}, "optimizer": opt.state_dict(),
-                             "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
-                             "generator": gen.get_state(), "step": done,
-                             "seconds": time.time() - start})
-    checkpoint.remove()
+        loop.after_step(done, steps)
+    loop.finish()
     log.event("base-done", steps=steps, samples=steps * batch, ema_decay=ema_decay, schedule=schedule,
-              word_weight=word_weight, unet=unet_size, seconds=round(time.time() - start, 1))
+              word_weight=word_weight, unet=unet_size, seconds=round(loop.seconds(), 1))
 
 
 def _write_ema(unet, text_encoder, ema_unet: EMAModel, ema_text: EMAModel, folder: Path, schedule: dict) -> None:

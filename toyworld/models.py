@@ -72,10 +72,11 @@ def text_config() -> CLIPTextConfig:
 # The SD1.x betas, rescaled to zero terminal SNR, with v-prediction and trailing timesteps (Lin et al.,
 # "Common Diffusion Noise Schedules and Sample Steps are Flawed"). On SD1.x's own schedule the last training
 # step keeps 7 % of the latent, so a model learns to read the background from that remnant, and sampled from
-# pure noise it ignores the prompted background (see the toy world's quality gates in the README).
+# pure noise it ignores the prompted background (see the toy world's quality gates in the README). The committed
+# toy weights are trained on this schedule.
 ZERO_SNR_V = dict(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
                   steps_offset=1)  # trailing timesteps ignore the offset; 1 is what SD pipelines expect
-# SD1.x's own: what the committed toy weights were trained on; weights without a stored schedule are read with it.
+# SD1.x's own: what earlier toy weights were trained on; weights without a stored schedule are read with it.
 SD1_EPSILON = dict(prediction_type="epsilon", steps_offset=1, set_alpha_to_one=False)
 SCHEDULES = dict(zip(SCHEDULE_NAMES, (SD1_EPSILON, ZERO_SNR_V), strict=True))
 
