@@ -141,3 +141,64 @@ def test_a_concept_trains_with_the_same_seed_alone_or_with_the_others(monkeypatc
         lora.train_loras(tmp_path, seed=7, log=log, concepts=list(request) or None)
     assert seeds[()] == {concept: 7 + n for n, concept in enumerate(CONCEPTS)}
     assert seeds[("cobalt", "jade")] == {"cobalt": seeds[()]["cobalt"], "jade": seeds[()]["jade"]}
+
+
+def _save_world(folder, unet, text_encoder) -> None:
+    from toyworld.models import SCHEDULES, save_weights, unet_metadata, weights_path
+
+    save_weights(unet, weights_path("unet", folder), unet_metadata(unet, SCHEDULES["zero-snr-v"]))
+    save_weights(text_encoder, weights_path("text_encoder", folder))
+
+
+def test_a_warm_started_base_run_begins_at_the_given_worlds_weights(tmp_path):
+    """`--init-from` loads a world's UNet and text encoder: at a vanishing learning rate the run writes them
+    back unchanged (their EMA never leaves them), while a fresh run writes random weights."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from toytrain.base import train_base
+    from toytrain.common import TrainLog
+    from toyworld import WEIGHTS_DIR
+    from toyworld.models import build_text_encoder, build_unet
+
+    start, out = tmp_path / "start", tmp_path / "out"
+    torch.manual_seed(5)
+    _save_world(start, build_unet("small"), build_text_encoder())
+    out.mkdir()
+    shutil.copy(WEIGHTS_DIR / "vae.safetensors", out / "vae.safetensors")
+    log = TrainLog(tmp_path / "log")
+    train_base(out, seed=1, log=log, images=128, steps=4, batch=4, peak_lr=1e-12, init_from=start,
+               checkpoints=tmp_path / "ck")
+    for name in ("unet", "text_encoder"):
+        given, written = load_file(str(start / f"{name}.safetensors")), load_file(str(out / f"{name}.safetensors"))
+        assert given.keys() == written.keys()
+        assert all(torch.equal(given[key], written[key]) for key in given), name
+    done = [json.loads(line) for line in (tmp_path / "log" / "training.jsonl").read_text().splitlines()][-1]
+    assert done["warm_start"] == str(start)
+
+
+def test_a_warm_start_from_a_unet_of_another_size_names_the_file(tmp_path):
+    from toytrain.base import warm_start
+    from toyworld.models import build_text_encoder, build_unet
+
+    _save_world(tmp_path, build_unet("small"), build_text_encoder())
+    with pytest.raises(SystemExit, match=r"unet\.safetensors' is not a 'wide' UNet"):
+        warm_start(build_unet("wide"), build_text_encoder(), tmp_path, "wide")
+
+
+def test_a_lora_checkpoint_belongs_to_the_base_it_was_trained_on(tmp_path):
+    """The LoRA stage's checkpoint folder names a digest of the base weights, so a run on a retrained base
+    starts afresh instead of resuming a LoRA half-trained on the old one."""
+    from toytrain.lora import base_digest
+    from toyworld.models import build_text_encoder, build_unet
+
+    unet, text_encoder = build_unet("small"), build_text_encoder()
+    digests = []
+    for name in ("first", "same", "retrained"):
+        if name == "retrained":
+            with torch.no_grad():
+                unet.conv_out.bias.add_(0.5)
+        _save_world(tmp_path / name, unet, text_encoder)
+        digests.append(base_digest(tmp_path / name))
+    assert digests[0] == digests[1] != digests[2]

@@ -26,6 +26,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--word-weight", type=float, default=0.1,
                         help="base stage: weight of the text encoder's word-identity loss "
                              "(default: 0.1, the committed world's; 0: none)")
+    parser.add_argument("--init-from", type=Path,
+                        help="base stage: warm-start from this weights folder's UNet and text encoder")
+    parser.add_argument("--steps", type=int, default=3800,
+                        help="base stage: optimizer steps (default: 3800, the committed world's; --scale multiplies)")
+    parser.add_argument("--peak-lr", type=float, default=1e-3,
+                        help="base stage: peak learning rate (default: 1e-3, the committed world's)")
 
 
 def add_gates_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ Without it cross-attention does not localize in this world, and box-guided metho
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -38,8 +39,10 @@ from toyworld.models import (
     build_text_encoder,
     build_unet,
     load_vae,
+    load_weights,
     save_weights,
     scheduler,
+    stored_unet_config,
     unet_metadata,
     weights_path,
 )
@@ -215,8 +218,13 @@ def _training_data(folder: Path, weights: Path, images: int, seed: int, tokenize
 def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.0, images: int = 50000,
                steps: int = 3800, batch: int = 64, peak_lr: float = 1e-3, ema_decay: float = 0.999,
                schedule: str = "zero-snr-v", word_weight: float = 0.1, unet_size: str = "small",
-               checkpoints: Path | None = None, save_every: int = 100) -> None:
+               checkpoints: Path | None = None, save_every: int = 100,
+               init_from: Path | None = None) -> None:
     """Train and write ``unet.safetensors`` and ``text_encoder.safetensors`` (their EMA weights).
+
+    ``init_from`` warm-starts the UNet and text encoder from a trained world's weights folder (the UNet's
+    size is read from its file) and trains ``steps`` more steps on the same data with a fresh optimizer;
+    the EMA copies start from the loaded weights.
 
     Resumable: the state is saved to ``checkpoints`` every ``save_every`` steps, and a run started again
     with the same arguments continues from there. EMA snapshots go to ``checkpoints/snapshot`` every
@@ -225,14 +233,17 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
     """
     seed_everything(seed)
     steps, images = max(4, int(steps * scale)), max(128, int(images * scale))
-    folder = checkpoints or checkpoint_dir(f"base-{steps}-{unet_size}-{schedule}-words{word_weight:g}")
+    start_name = f"-from-{init_from.resolve().name}-lr{peak_lr:g}" if init_from else ""
+    folder = checkpoints or checkpoint_dir(f"base-{steps}-{unet_size}-{schedule}-words{word_weight:g}{start_name}")
     start = time.time()
     tokenizer = build_clip_tokenizer()
+    unet, text_encoder = build_unet(unet_size), build_text_encoder()
+    if init_from is not None:
+        warm_start(unet, text_encoder, init_from, unet_size)
+    unet.train(), text_encoder.train()
     data = _training_data(folder, out_dir, images, seed + 1, tokenizer)
     means, stds, ids, positions, boxes = (data[k] for k in ("means", "stds", "ids", "positions", "boxes"))
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
-
-    unet, text_encoder = build_unet(unet_size).train(), build_text_encoder().train()
     layers = dict(install_grounding(unet))
     head = WordHead(tokenizer, text_encoder.config.hidden_size) if word_weight else None
     params = [*unet.parameters(), *text_encoder.parameters(), *(head.parameters() if head else ())]
@@ -294,7 +305,20 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
         loop.after_step(done, steps)
     loop.finish()
     log.event("base-done", steps=steps, samples=steps * batch, ema_decay=ema_decay, schedule=schedule,
-              word_weight=word_weight, unet=unet_size, seconds=round(loop.seconds(), 1))
+              word_weight=word_weight, unet=unet_size, seconds=round(loop.seconds(), 1),
+              **({"warm_start": str(init_from), "peak_lr": peak_lr} if init_from else {}))
+
+
+def warm_start(unet: nn.Module, text_encoder: nn.Module, folder: Path, unet_size: str) -> None:
+    """Load a trained world's UNet and text encoder into the fresh modules; the UNet must be ``unet_size``."""
+    path = weights_path("unet", folder)
+    wanted = json.loads(json.dumps(dict(unet.config)))
+    stored = stored_unet_config(path)
+    if any(stored.get(key) != value for key, value in wanted.items() if not key.startswith("_")):
+        raise SystemExit(f"--init-from {folder}: '{path}' is not a '{unet_size}' UNet; pass the --unet it was "
+                         "trained with")
+    load_weights(unet, path, "python -m toytrain base")
+    load_weights(text_encoder, weights_path("text_encoder", folder), "python -m toytrain base")
 
 
 def _write_ema(unet, text_encoder, ema_unet: EMAModel, ema_text: EMAModel, folder: Path, schedule: dict) -> None:

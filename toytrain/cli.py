@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         from toytrain.base import train_base
 
         train_base(args.out, seed=args.seed, log=log, scale=args.scale, schedule=args.schedule,
-                   word_weight=args.word_weight, unet_size=args.unet)
+                   word_weight=args.word_weight, unet_size=args.unet, init_from=args.init_from,
+                   steps=args.steps, peak_lr=args.peak_lr)
     elif args.stage == "lora":
         from toytrain.lora import train_loras
 

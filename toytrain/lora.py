@@ -9,6 +9,7 @@ ED-LoRA layout (``params.new_concept_embedding / text_encoder / unet``), the for
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from bench.layers import cross_attention_layers
 from bench.prompts import LayerwiseState, LayerwiseTextEncoder, install_layerwise, token_rows_written
@@ -24,7 +25,7 @@ from toytrain import LORA_DIR
 from toytrain.base import encode_latents
 from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, diffusion_target, lr_at, seed_everything
 from toyworld.concepts import CONCEPTS, ToyConcept, sample_concept_image
-from toyworld.models import WEIGHTS_DIR, load_toy_pipeline
+from toyworld.models import WEIGHTS_DIR, load_toy_pipeline, weights_path
 from toyworld.world import render
 
 RANK = 4
@@ -56,6 +57,17 @@ def write_edlora(path: Path, tokens: dict[str, torch.Tensor], text_encoder: torc
     tmp = path.with_suffix(".tmp")
     save_file(flat, str(tmp), metadata={"format": "edlora", "rank": str(RANK), **(metadata or {})})
     tmp.replace(path)
+
+
+def base_digest(weights: Path | None) -> str:
+    """A short hash of a world's UNet and text encoder weights (tensors, not file headers, whose config
+    metadata is not byte-stable): a LoRA's checkpoint resumes on the same base only."""
+    digest = hashlib.sha256()
+    for name in ("unet", "text_encoder"):
+        for key, tensor in sorted(load_file(str(weights_path(name, weights))).items()):
+            digest.update(key.encode())
+            digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, weights: Path | None,
@@ -103,8 +115,9 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     gen = torch.Generator().manual_seed(seed)
     trainable = {"embeddings": embeddings, **{f"unet.{n}": p for n, p in unet.named_parameters() if "lora_" in n},
                  **{f"text_encoder.{n}": p for n, p in text_encoder.named_parameters() if "lora_" in n}}
-    loop = ResumableLoop(f"lora-{concept.id}", checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}"),
-                         log, gen, parts={"optimizer": opt}, tensors=trainable, every=save_every, started=start)
+    folder = checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}-base{base_digest(weights)}")
+    loop = ResumableLoop(f"lora-{concept.id}", folder, log, gen, parts={"optimizer": opt}, tensors=trainable,
+                         every=save_every, started=start)
     first = loop.resume()
     running = float(loop.extra.get("running", 0.0))
     unet.train()
