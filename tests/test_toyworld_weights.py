@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import numpy as np
 import pytest
@@ -72,3 +73,16 @@ def test_the_base_stage_defaults_to_the_committed_worlds_recipe():
     assert stored_schedule(weights_path("unet")) == SCHEDULES[defaults.schedule]
     channels = load_toy_pipeline().unet.config.block_out_channels
     assert tuple(channels) == (32, 64, 64) and defaults.unet == "small" and defaults.word_weight > 0
+
+
+def test_the_committed_base_is_the_training_scripts_two_base_stages():
+    """The log of the committed world ends its base training with `base` from scratch, then the warm-started
+    `base-continue` run with exactly the options `scripts/train_toyworld.sh` gives it."""
+    from pathlib import Path
+
+    events = [json.loads(line) for line in (WEIGHTS_DIR / "training.jsonl").read_text().splitlines()]
+    scratch, continued = [event for event in events if event["stage"] == "base-done"][-2:]
+    assert "warm_start" not in scratch and scratch["steps"] == 3800
+    script = (Path(__file__).parents[1] / "scripts" / "train_toyworld.sh").read_text()
+    start, steps, peak_lr = re.search(r"--init-from (\S+) --steps (\d+) --peak-lr (\S+)", script).groups()
+    assert (continued["warm_start"], continued["steps"], continued["peak_lr"]) == (start, int(steps), float(peak_lr))
