@@ -240,7 +240,8 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
     unet, text_encoder = build_unet(unet_size), build_text_encoder()
     if init_from is not None:
         warm_start(unet, text_encoder, init_from, unet_size)
-    unet.train(), text_encoder.train()
+    unet.train()
+    text_encoder.train()
     data = _training_data(folder, out_dir, images, seed + 1, tokenizer)
     means, stds, ids, positions, boxes = (data[k] for k in ("means", "stds", "ids", "positions", "boxes"))
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
