@@ -19,7 +19,7 @@ for stage in "${stages[@]}"; do
     gates) "$PY" -m toytrain.gates ;;
     base-continue) "$PY" -m toytrain base --init-from toyworld/weights --steps 2000 --peak-lr 5e-4 ;;
     cones2)
-      for concept in ruby jade amber cobalt; do
+      for concept in $("$PY" -c "from toyworld.concepts import CONCEPTS; print(*CONCEPTS)"); do
         .venv/bin/bench cones2-train --dataset toy --concept "$concept" --out "datasets/toy/cones2/$concept.pt"
       done ;;
     *) "$PY" -m toytrain "$stage" ;;

@@ -152,7 +152,7 @@ def _save_world(folder, unet, text_encoder) -> None:
 
 def test_a_warm_started_base_run_begins_at_the_given_worlds_weights(tmp_path):
     """`--init-from` loads a world's UNet and text encoder: at a vanishing learning rate the run writes them
-    back unchanged (their EMA never leaves them), while a fresh run writes random weights."""
+    back unchanged (their EMA never leaves them); without the warm start its own seed's random weights differ."""
     import shutil
 
     from safetensors.torch import load_file
@@ -187,18 +187,34 @@ def test_a_warm_start_from_a_unet_of_another_size_names_the_file(tmp_path):
         warm_start(build_unet("wide"), build_text_encoder(), tmp_path, "wide")
 
 
-def test_a_lora_checkpoint_belongs_to_the_base_it_was_trained_on(tmp_path):
-    """The LoRA stage's checkpoint folder names a digest of the base weights, so a run on a retrained base
-    starts afresh instead of resuming a LoRA half-trained on the old one."""
+def test_a_lora_checkpoint_belongs_to_the_base_it_was_trained_on(monkeypatch, tmp_path):
+    """The LoRA stage's checkpoint folder names a digest of the base weights (the same weights in other module
+    objects give the same digest), so a run on a retrained base starts afresh instead of resuming a LoRA
+    half-trained on the old one."""
+    from toytrain import lora
+    from toytrain.common import TrainLog
     from toytrain.lora import base_digest
     from toyworld.models import build_text_encoder, build_unet
 
     unet, text_encoder = build_unet("small"), build_text_encoder()
-    digests = []
-    for name in ("first", "same", "retrained"):
-        if name == "retrained":
-            with torch.no_grad():
-                unet.conv_out.bias.add_(0.5)
-        _save_world(tmp_path / name, unet, text_encoder)
-        digests.append(base_digest(tmp_path / name))
-    assert digests[0] == digests[1] != digests[2]
+    first = base_digest(unet, text_encoder)
+    copies = build_unet("small"), build_text_encoder()
+    for copy, original in zip(copies, (unet, text_encoder), strict=True):
+        copy.load_state_dict(original.state_dict())
+    same = base_digest(*copies)
+    with torch.no_grad():
+        unet.conv_out.bias.add_(0.5)
+    assert first == same != base_digest(unet, text_encoder)
+
+    class Opened(Exception):
+        pass
+
+    def opened(stage, folder, *args, **kwargs):
+        raise Opened(folder)
+
+    monkeypatch.setattr(lora, "ResumableLoop", opened)
+    with pytest.raises(Opened) as stopped:
+        lora.train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=2, steps=1,
+                           batch=1)
+    committed = load_toy_pipeline()
+    assert stopped.value.args[0].name == f"lora-ruby-1-seed3-base{base_digest(committed.unet, committed.text_encoder)}"

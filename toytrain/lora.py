@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from bench.layers import cross_attention_layers
 from bench.prompts import LayerwiseState, LayerwiseTextEncoder, install_layerwise, token_rows_written
@@ -25,7 +25,7 @@ from toytrain import LORA_DIR
 from toytrain.base import encode_latents
 from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, diffusion_target, lr_at, seed_everything
 from toyworld.concepts import CONCEPTS, ToyConcept, sample_concept_image
-from toyworld.models import WEIGHTS_DIR, load_toy_pipeline, weights_path
+from toyworld.models import WEIGHTS_DIR, load_toy_pipeline
 from toyworld.world import render
 
 RANK = 4
@@ -59,14 +59,14 @@ def write_edlora(path: Path, tokens: dict[str, torch.Tensor], text_encoder: torc
     tmp.replace(path)
 
 
-def base_digest(weights: Path | None) -> str:
-    """A short hash of a world's UNet and text encoder weights (tensors, not file headers, whose config
-    metadata is not byte-stable): a LoRA's checkpoint resumes on the same base only."""
+def base_digest(*modules: torch.nn.Module) -> str:
+    """A short hash of the base modules' weights (tensors, not the files, whose config metadata is not
+    byte-stable): a LoRA's checkpoint resumes on the same base only."""
     digest = hashlib.sha256()
-    for name in ("unet", "text_encoder"):
-        for key, tensor in sorted(load_file(str(weights_path(name, weights))).items()):
+    for module in modules:
+        for key, tensor in sorted(module.state_dict().items()):
             digest.update(key.encode())
-            digest.update(tensor.numpy().tobytes())
+            digest.update(tensor.detach().cpu().numpy().tobytes())
     return digest.hexdigest()[:12]
 
 
@@ -103,6 +103,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     second = table[class_ids].mean(0).expand(layers, -1).clone()
     embeddings = torch.nn.Parameter(torch.stack([first, second], dim=1))  # [layers, 2, D]
 
+    base = base_digest(unet, text_encoder)
     inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=UNET_TARGETS), unet)
     inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=TEXT_TARGETS), text_encoder)
     lora_params = [p for m in (unet, text_encoder) for n, p in m.named_parameters() if "lora_" in n]
@@ -115,7 +116,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     gen = torch.Generator().manual_seed(seed)
     trainable = {"embeddings": embeddings, **{f"unet.{n}": p for n, p in unet.named_parameters() if "lora_" in n},
                  **{f"text_encoder.{n}": p for n, p in text_encoder.named_parameters() if "lora_" in n}}
-    folder = checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}-base{base_digest(weights)}")
+    folder = checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}-base{base}")
     loop = ResumableLoop(f"lora-{concept.id}", folder, log, gen, parts={"optimizer": opt}, tensors=trainable,
                          every=save_every, started=start)
     first = loop.resume()
