@@ -94,9 +94,9 @@ def test_grounding_loss_matches_a_hand_computation():
     recorded.probs[0, :, 5] = torch.tensor([0.6, 0.2, 0.1, 0.1])  # token 5's map over a 2x2 grid
     positions = torch.tensor([[5, -1]])
     boxes = torch.tensor([[0.0, 0.0, 32.0, 32.0], [0.0, 0.0, 0.0, 0.0]])[None]  # top-left cell of 64 px
-    loss = grounding_loss({2: recorded}, positions, boxes, keep=torch.tensor([True]))
+    loss = grounding_loss([(2, recorded)], positions, boxes, keep=torch.tensor([True]))
     assert float(loss) == pytest.approx((1 - 0.6) ** 2)
-    dropped = grounding_loss({2: recorded}, positions, boxes, keep=torch.tensor([False]))
+    dropped = grounding_loss([(2, recorded)], positions, boxes, keep=torch.tensor([False]))
     assert float(dropped) == 0.0
 
 

@@ -83,9 +83,16 @@ def _lora(out, log, ck):
                          checkpoints=ck, save_every=2)
 
 
+def _grounded_lora(out, log, ck):
+    from toytrain.lora import train_concept
+
+    return train_concept(CONCEPTS["ruby"], out, seed=3, log=log, weights=None, views=8, steps=4, batch=2,
+                         checkpoints=ck, save_every=2, grounding_weight=0.2)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("stage", "train"), [("vae", _vae), ("base", _base), ("classifier", _classifier),
-                                              ("clip", _clip), ("lora-ruby", _lora)])
+                                              ("clip", _clip), ("lora-ruby", _lora), ("lora-ruby", _grounded_lora)])
 def test_a_stopped_stage_resumes_to_the_same_weights(stage, train, tmp_path, monkeypatch):
     """Stopped right after its first checkpoint and started again, a training stage writes the same weights
     as an uninterrupted run (tiny sizes; the classifier and CLIP stages read the committed toy VAE)."""
@@ -218,3 +225,44 @@ def test_a_lora_checkpoint_belongs_to_the_base_it_was_trained_on(monkeypatch, tm
                            batch=1)
     committed = load_toy_pipeline()
     assert stopped.value.args[0].name == f"lora-ruby-1-seed3-base{base_digest(committed.unet, committed.text_encoder)}"
+    with pytest.raises(Opened) as grounded:
+        lora.train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=2, steps=1,
+                           batch=1, grounding_weight=0.2)
+    assert grounded.value.args[0].name == f"{stopped.value.args[0].name}-grounding0.2"  # never resumes the other
+
+
+def test_the_lora_stage_passes_its_grounding_weight_to_every_concept(monkeypatch, tmp_path):
+    """`--grounding-weight` reaches every concept the stage trains; without it, the committed recipe's weight."""
+    from toytrain import LORA_GROUNDING_WEIGHT, lora
+    from toytrain.cli import main
+
+    weights: list[float] = []
+    monkeypatch.setattr(lora, "train_concept", lambda *a, grounding_weight, **k: weights.append(grounding_weight))
+    main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "ruby,jade", "--grounding-weight", "0.3"])
+    main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "amber"])
+    assert weights == [0.3, 0.3, LORA_GROUNDING_WEIGHT]
+
+
+def test_grounded_layerwise_attention_computes_what_the_layerwise_processor_does(one_thread):
+    """The LoRA stage's recording processors (8x8 and 16x16 layers of the committed UNet) change nothing in the
+    UNet's output against the bench's layer-wise processor (diffusers' SDPA), and keep each query's attention
+    over the 77 keys (rows summing to one)."""
+    from bench.layers import cross_attention_layers
+    from bench.prompts import LayerwiseState, install_layerwise
+    from toytrain.lora import install_grounded_layers
+
+    unet = load_toy_pipeline().unet.float()
+    layers = len(cross_attention_layers(unet))
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 16, 16, generator=gen)
+    state = LayerwiseState(embeddings=torch.randn(2, layers, 77, unet.config.cross_attention_dim, generator=gen))
+    t = torch.tensor([500, 900])
+    with torch.no_grad(), install_layerwise(unet, state):
+        expected = unet(latents, t, encoder_hidden_states=state.embeddings[:, 0]).sample
+        recorders = install_grounded_layers(unet, state)
+        got = unet(latents, t, encoder_hidden_states=state.embeddings[:, 0]).sample
+    assert sorted({resolution for resolution, _ in recorders}) == [8, 16]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    for resolution, recorder in recorders:
+        assert recorder.probs.shape == (2, resolution * resolution, 77)
+        torch.testing.assert_close(recorder.probs.sum(-1), torch.ones(2, resolution * resolution))

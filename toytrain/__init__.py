@@ -9,3 +9,5 @@ from pathlib import Path
 
 TOY_DATASET = Path(__file__).resolve().parents[1] / "datasets" / "toy"
 LORA_DIR = TOY_DATASET / "loras"
+# weight of the ED-LoRA stage's loss pulling concept-token attention into the object's box (toytrain.lora)
+LORA_GROUNDING_WEIGHT = 0.0

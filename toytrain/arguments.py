@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from toytrain import LORA_DIR
+from toytrain import LORA_DIR, LORA_GROUNDING_WEIGHT
 from toyworld import SCHEDULE_NAMES, UNET_SIZE_NAMES, WEIGHTS_DIR
 
 STAGES = ("vae", "base", "lora", "clip", "classifier")
@@ -32,6 +32,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="base stage: optimizer steps (default: 3800, the committed world's; --scale multiplies)")
     parser.add_argument("--peak-lr", type=float, default=1e-3,
                         help="base stage: peak learning rate (default: 1e-3, the committed world's)")
+    parser.add_argument("--grounding-weight", type=float, default=LORA_GROUNDING_WEIGHT,
+                        help="lora stage: weight of the loss pulling the concept tokens' attention into the "
+                             f"object's box (default: {LORA_GROUNDING_WEIGHT:g}, the committed world's; 0: none)")
 
 
 def add_gates_arguments(parser: argparse.ArgumentParser) -> None:

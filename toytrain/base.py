@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -112,15 +113,15 @@ def box_masks(boxes: torch.Tensor, resolution: int) -> torch.Tensor:
     return (rows[..., :, None] & cols[..., None, :]).flatten(-2).float()
 
 
-def grounding_loss(processors: dict[int, GroundingProcessor], positions: torch.Tensor, boxes: torch.Tensor,
+def grounding_loss(layers: Iterable[tuple[int, GroundingProcessor]], positions: torch.Tensor, boxes: torch.Tensor,
                    keep: torch.Tensor) -> torch.Tensor:
-    """Mean over recorded layers and object words of ``(1 - in-box attention mass)**2``."""
+    """Mean over recorded ``(resolution, processor)`` layers and object words of ``(1 - in-box attention mass)**2``."""
     valid = (positions >= 0) & keep[:, None]
     if not valid.any():
         return torch.zeros(())
     losses = []
     gather = positions.clamp(min=0)
-    for resolution, processor in processors.items():
+    for resolution, processor in layers:
         probs = processor.probs  # [B, HW, 77]
         maps = torch.gather(probs, 2, gather[:, None, :].expand(-1, probs.shape[1], -1))  # [B, HW, W]
         maps = maps / maps.sum(1, keepdim=True).clamp_min(1e-8)
@@ -171,7 +172,11 @@ def word_loss(head: WordHead, hidden: torch.Tensor, ids: torch.Tensor, positions
 
 
 def install_grounding(unet) -> list[tuple[int, GroundingProcessor]]:
-    """A recording processor on every cross-attention layer of 8x8 or finer; returns (resolution, processor)."""
+    """A recording processor on every cross-attention layer of 8x8 or finer; returns (resolution, processor).
+
+    ``train_base`` keeps the last of each resolution (a dict keyed by resolution), and the committed world was
+    trained so: its grounding loss reads one 16x16 and one 8x8 layer.
+    """
     latent = unet.config.sample_size
     installed = []
     processors = dict(unet.attn_processors)
@@ -278,7 +283,7 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
         target = diffusion_target(noise_schedule, latents, noise, t)
         weight = loss_weights(noise_schedule, t, MIN_SNR)
         diffusion = (weight * F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))).mean()
-        grounding = grounding_loss(layers, positions[idx], boxes[idx], keep)
+        grounding = grounding_loss(layers.items(), positions[idx], boxes[idx], keep)
         words = word_loss(head, hidden, batch_ids, positions[idx], keep) if head else torch.zeros(())
         loss = diffusion + GROUNDING_WEIGHT * grounding + word_weight * words
         opt.zero_grad(set_to_none=True)

@@ -1,4 +1,8 @@
-"""Train the per-box classifier on box crops of rendered scenes, half of them VAE round-trips.
+"""Train the per-box classifier on box crops of rendered scenes, two thirds of them VAE round-trips.
+
+Half of the round trips decode a perturbed latent (:func:`round_trip` with ``latent_noise``): generated images
+are never exact decodes of a render, and a judge trained on clean renders and clean round trips alone read the
+striped circles that LoRA-Composer draws as crosses or squares when the box moved by two pixels.
 
 Positives: each object's box, jittered in scale and position, labelled with its shape, colour and
 texture. Negatives (``none``): random squares that cover at most 15 % of any object's box, and squares of
@@ -26,14 +30,26 @@ from toyworld.models import load_vae, save_weights, weights_path
 from toyworld.world import SIZE, ToyImage
 
 IGNORE = -100
+LATENT_NOISE = 0.6  # at most this share of a latent's std is added before decoding (a third of the images)
+CHANNEL_JITTER = 0.05  # per-channel gain std
 
 
-def round_trip(vae, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """Images encoded and decoded by the toy VAE (posterior mode), as uint8."""
+def round_trip(vae, pixels: torch.Tensor, batch: int = 256, latent_noise: float = 0.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images encoded and decoded by the toy VAE (posterior mode), as uint8.
+
+    With ``latent_noise`` > 0, each latent gets Gaussian noise of a random share (up to ``latent_noise``) of
+    that latent's own standard deviation before decoding.
+    """
     out = []
     with torch.no_grad():
         for i in range(0, len(pixels), batch):
-            decoded = vae.decode(vae.encode(to_unit(pixels[i : i + batch])).latent_dist.mode()).sample
+            latents = vae.encode(to_unit(pixels[i : i + batch])).latent_dist.mode()
+            if latent_noise:
+                share = latent_noise * torch.rand(len(latents), 1, 1, 1, generator=generator)
+                spread = latents.std(dim=(1, 2, 3), keepdim=True)
+                latents = latents + share * spread * torch.randn(latents.shape, generator=generator)
+            decoded = vae.decode(latents).sample
             out.append(((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
     return torch.cat(out)
 
@@ -113,9 +129,9 @@ def _dataset(pixels: torch.Tensor, items: list[ToyImage], seed: int) -> tuple[to
 
 
 def _augment(crops: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Brightness/contrast jitter, noise and, for a third of the batch, a slight blur."""
+    """Brightness/contrast jitter (partly per channel), noise and, for a third of the batch, a slight blur."""
     n = len(crops)
-    gain = 1 + 0.1 * torch.randn(n, 1, 1, 1, generator=gen)
+    gain = 1 + 0.1 * torch.randn(n, 1, 1, 1, generator=gen) + CHANNEL_JITTER * torch.randn(n, 3, 1, 1, generator=gen)
     shift = 0.05 * torch.randn(n, 1, 1, 1, generator=gen)
     out = crops * gain + shift + 0.03 * torch.randn(crops.shape, generator=gen)
     blur = torch.rand(n, generator=gen) < 0.33
@@ -149,9 +165,13 @@ def none_rate(model: BoxClassifier, crops: torch.Tensor) -> float:
 
 
 def _round_tripped_set(vae, count: int, seed: int) -> tuple[torch.Tensor, list[ToyImage]]:
+    """Renders: a third as drawn, a third VAE round trips, a third round trips of perturbed latents."""
     pixels, items = render_set(count, seed=seed)
-    half = count // 2
-    pixels[:half] = round_trip(vae, pixels[:half])
+    third = count // 3
+    pixels[:third] = round_trip(vae, pixels[:third])
+    perturbed = slice(third, 2 * third)
+    pixels[perturbed] = round_trip(vae, pixels[perturbed], latent_noise=LATENT_NOISE,
+                                   generator=torch.Generator().manual_seed(seed))
     return pixels, items
 
 

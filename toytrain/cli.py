@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         from toytrain.lora import train_loras
 
         train_loras(args.out, seed=args.seed, log=log, scale=args.scale,
-                    concepts=args.concepts.split(",") if args.concepts else None)
+                    concepts=args.concepts.split(",") if args.concepts else None,
+                    grounding_weight=args.grounding_weight)
     elif args.stage == "clip":
         from toytrain.clip import train_clip
 

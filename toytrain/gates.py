@@ -35,14 +35,28 @@ from toyworld.world import COLOURS, PLAIN_BACKGROUNDS, SHAPES, background_phrase
 GATE = 0.80
 STEPS = 25
 GUIDANCE = 5.0
+# The smallest growth of the foreground extent (steps of 0.05) at which the gates read perfect renders of every shape,
+# colour, texture and plain background right in >= 98 % (tests/test_toyworld_weights.py): the tight extent read 137 of
+# 180 (squares 2 of 45), 1.2 176, 1.25 178.
+READING_MARGIN = 1.25
+
+
+def reading_box(extent: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """The square the gates read around a sample's foreground ``extent``: grown about its centre by
+    :data:`READING_MARGIN`, as the classifier was trained on crops of 0.8-1.5x an object's box while a drawn
+    square fills only 0.74 of its box, so that a crop of its tight extent shows none of its edges."""
+    x0, y0, x1, y1 = extent
+    half = max(x1 - x0, y1 - y0) * READING_MARGIN / 2
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return cx - half, cy - half, cx + half, cy + half
 
 
 def read_foreground(model: BoxClassifier, image: Image.Image) -> tuple[str, str, str]:
-    """(shape, colour, texture) the classifier reads in the foreground box of a plain-background sample."""
-    box = foreground_box(image)
-    if box is None:
+    """(shape, colour, texture) the classifier reads in the box of the foreground of a plain-background sample."""
+    extent = foreground_box(image)
+    if extent is None:
         return "none", "", ""
-    prediction = classify_boxes(model, image, [box])[0]
+    prediction = classify_boxes(model, image, [reading_box(extent)])[0]
     return prediction.shape, prediction.colour, prediction.texture
 
 

@@ -5,6 +5,10 @@ first initialized at random with std 0.013, the second from the class word, as M
 ``<rand-0.013>+class`` initializer), plus rank-4 LoRAs on the text encoder's self-attention and on
 every UNet attention projection. The base model stays frozen. The result is written in Mix-of-Show's
 ED-LoRA layout (``params.new_concept_embedding / text_encoder / unet``), the format the bench loads.
+
+With ``grounding_weight`` > 0 the concept tokens' cross-attention is also pulled into the object's box, the
+same loss the base model was trained with (:func:`toytrain.base.grounding_loss`): the toy world's stand-in for
+the localized attention that new tokens get in real SD models, which attention-guided composition relies on.
 """
 
 from __future__ import annotations
@@ -19,10 +23,16 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from safetensors.torch import save_file
 
-from bench.layers import cross_attention_layers
-from bench.prompts import LayerwiseState, LayerwiseTextEncoder, install_layerwise, token_rows_written
-from toytrain import LORA_DIR
-from toytrain.base import encode_latents
+from bench.layers import attention_level, cross_attention_layers
+from bench.prompts import (
+    LayerwiseAttnProcessor,
+    LayerwiseState,
+    LayerwiseTextEncoder,
+    install_layerwise,
+    token_rows_written,
+)
+from toytrain import LORA_DIR, LORA_GROUNDING_WEIGHT
+from toytrain.base import GroundingProcessor, encode_latents, grounding_loss
 from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, diffusion_target, lr_at, seed_everything
 from toyworld.concepts import CONCEPTS, ToyConcept, sample_concept_image
 from toyworld.models import WEIGHTS_DIR, load_toy_pipeline
@@ -31,6 +41,41 @@ from toyworld.world import render
 RANK = 4
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+class GroundedLayerwiseProcessor(LayerwiseAttnProcessor):
+    """A layer-wise cross-attention that keeps its head-averaged probabilities for the grounding loss."""
+
+    def __init__(self, layer_index: int, state: LayerwiseState):
+        super().__init__(layer_index, state)
+        self._recorder = GroundingProcessor()
+        self._recorder.record = True
+
+    @property
+    def probs(self) -> torch.Tensor | None:
+        """``[B, HW, 77]`` attention probabilities of the last call."""
+        return self._recorder.probs
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
+        embeddings = self.state.embeddings
+        assert embeddings is not None, "grounded layer-wise attention needs the layer-wise embeddings"
+        return self._recorder(attn, hidden_states, embeddings[:, self.layer_index].to(hidden_states.dtype))
+
+
+def install_grounded_layers(unet: torch.nn.Module, state: LayerwiseState
+                            ) -> list[tuple[int, GroundedLayerwiseProcessor]]:
+    """Replace the layer-wise processor of every cross-attention layer of 8x8 or finer with a recording one."""
+    processors = dict(unet.attn_processors)
+    installed = []
+    for index, name in enumerate(cross_attention_layers(unet)):
+        resolution = unet.config.sample_size // attention_level(unet, name)
+        if resolution >= 8:
+            processor = GroundedLayerwiseProcessor(index, state)
+            processors[f"{name}.processor"] = processor
+            installed.append((resolution, processor))
+    unet.set_attn_processor(processors)
+    return installed
 
 
 def _peft_deltas(model: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -72,7 +117,7 @@ def base_digest(*modules: torch.nn.Module) -> str:
 
 def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, weights: Path | None,
                   views: int = 400, steps: int = 800, batch: int = 32, checkpoints: Path | None = None,
-                  save_every: int = 100) -> Path:
+                  save_every: int = 100, grounding_weight: float = LORA_GROUNDING_WEIGHT) -> Path:
     """Train one concept's ED-LoRA and write ``<out>/<id>.safetensors``.
 
     Resumable (:class:`toytrain.common.ResumableLoop`): token embeddings, LoRA weights, optimizer and random
@@ -87,6 +132,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     rng = np.random.default_rng(seed)
     samples = [sample_concept_image(rng, concept) for _ in range(views)]
     pixels = torch.from_numpy(np.stack([np.asarray(render([obj], bg)) for obj, bg, _ in samples]))
+    boxes = torch.tensor([obj.box for obj, _, _ in samples], dtype=torch.float32)
     means, stds = encode_latents(vae, pixels.permute(0, 3, 1, 2).contiguous())
     layers = len(cross_attention_layers(unet))
     encoder = LayerwiseTextEncoder.from_pipeline(pipe)
@@ -116,14 +162,18 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     gen = torch.Generator().manual_seed(seed)
     trainable = {"embeddings": embeddings, **{f"unet.{n}": p for n, p in unet.named_parameters() if "lora_" in n},
                  **{f"text_encoder.{n}": p for n, p in text_encoder.named_parameters() if "lora_" in n}}
-    folder = checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}-base{base}")
+    grounded = f"-grounding{grounding_weight:g}" if grounding_weight else ""
+    folder = checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}-base{base}{grounded}")
     loop = ResumableLoop(f"lora-{concept.id}", folder, log, gen, parts={"optimizer": opt}, tensors=trainable,
                          every=save_every, started=start)
     first = loop.resume()
     running = float(loop.extra.get("running", 0.0))
+    running_grounding = float(loop.extra.get("running_grounding", 0.0))
     unet.train()
     text_encoder.train()
+    token_positions = torch.tensor(positions)
     with install_layerwise(unet, state):
+        recorders = install_grounded_layers(unet, state) if grounding_weight else []
         for step in range(first, steps):
             for group, peak in zip(opt.param_groups, peaks, strict=True):
                 group["lr"] = lr_at(step, steps, peak, warmup=50)
@@ -137,25 +187,34 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
             t = torch.randint(0, len(alphas), (batch,), generator=gen)
             pred = unet(noise_schedule.add_noise(latents, noise, t), t, encoder_hidden_states=hidden[:batch]).sample
             loss = F.mse_loss(pred, diffusion_target(noise_schedule, latents, noise, t))
+            if recorders:
+                every_image = torch.ones(batch, dtype=torch.bool)
+                grounding = grounding_loss(recorders, token_positions.expand(batch, -1),
+                                           boxes[idx, None].expand(-1, len(positions), -1), every_image)
+                loss = loss + grounding_weight * grounding
+                running_grounding += grounding.item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             running += loss.item()
             if (step + 1) % 100 == 0:
-                log.event(f"lora-{concept.id}", step=step + 1, loss=round(running / 100, 5),
+                grounded_loss = {"grounding": round(running_grounding / 100, 4)} if recorders else {}
+                log.event(f"lora-{concept.id}", step=step + 1, loss=round(running / 100, 5), **grounded_loss,
                           seconds=round(loop.seconds(), 1))
-                running = 0.0
-            loop.after_step(step + 1, steps, running=running)
+                running = running_grounding = 0.0
+            loop.after_step(step + 1, steps, running=running, running_grounding=running_grounding)
     tokens = {token: embeddings[:, i].detach().clone() for i, token in enumerate(concept.tokens)}
     path = out / f"{concept.id}.safetensors"
     write_edlora(path, tokens, text_encoder, unet, {"concept": concept.id})
     loop.finish()
-    log.event(f"lora-{concept.id}-done", steps=steps, seconds=round(loop.seconds(), 1))
+    log.event(f"lora-{concept.id}-done", steps=steps, grounding_weight=grounding_weight,
+              seconds=round(loop.seconds(), 1))
     return path
 
 
 def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
-                concepts: list[str] | None = None, lora_dir: Path | None = None) -> None:
+                concepts: list[str] | None = None, lora_dir: Path | None = None,
+                grounding_weight: float = LORA_GROUNDING_WEIGHT) -> None:
     """Train every (or the named) concept's ED-LoRA; LoRAs go to the toy dataset's ``loras`` folder."""
     target = lora_dir or (LORA_DIR if out_dir.resolve() == WEIGHTS_DIR.resolve() else out_dir / "loras")
     for concept_id in concepts or list(CONCEPTS):
@@ -164,4 +223,4 @@ def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
         # the concept's place in the world, not in the request: a subset trains what the full run trains
         number = list(CONCEPTS).index(concept_id)
         train_concept(CONCEPTS[concept_id], target, seed=seed + number, log=log, weights=out_dir,
-                      steps=max(4, int(800 * scale)))
+                      steps=max(4, int(800 * scale)), grounding_weight=grounding_weight)
