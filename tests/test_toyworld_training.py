@@ -129,6 +129,7 @@ def test_a_stopped_stage_resumes_to_the_same_weights(stage, train, tmp_path, mon
     a, b = load_file(str(straight)), load_file(str(resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "ck" / "state.pt").exists()  # removed once the weights are written
+    assert not (tmp_path / "ck").exists() or any((tmp_path / "ck").iterdir())  # an emptied folder goes with it
 
 
 def test_a_concept_trains_with_the_same_seed_alone_or_with_the_others(monkeypatch, tmp_path):

@@ -75,8 +75,11 @@ class Checkpoint:
         tmp.replace(self.path)
 
     def remove(self) -> None:
-        """Forget the state once the stage has written its result (a later run starts fresh)."""
+        """Forget the state once the stage has written its result (a later run starts fresh); the folder goes too
+        unless it holds more (the base stage's rendered training data)."""
         self.path.unlink(missing_ok=True)
+        if self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
 
 
 class ResumableLoop:
