@@ -250,7 +250,8 @@ def test_grounded_layerwise_attention_computes_what_the_layerwise_processor_does
     over the 77 keys (rows summing to one)."""
     from bench.layers import cross_attention_layers
     from bench.prompts import LayerwiseState, install_layerwise
-    from toytrain.lora import install_grounded_layers
+    from toytrain.base import install_grounding
+    from toytrain.lora import GroundedLayerwiseProcessor
 
     unet = load_toy_pipeline().unet.float()
     layers = len(cross_attention_layers(unet))
@@ -260,7 +261,7 @@ def test_grounded_layerwise_attention_computes_what_the_layerwise_processor_does
     t = torch.tensor([500, 900])
     with torch.no_grad(), install_layerwise(unet, state):
         expected = unet(latents, t, encoder_hidden_states=state.embeddings[:, 0]).sample
-        recorders = install_grounded_layers(unet, state)
+        recorders = install_grounding(unet, lambda index: GroundedLayerwiseProcessor(index, state))
         got = unet(latents, t, encoder_hidden_states=state.embeddings[:, 0]).sample
     assert sorted({resolution for resolution, _ in recorders}) == [8, 16]
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -171,8 +172,10 @@ def word_loss(head: WordHead, hidden: torch.Tensor, ids: torch.Tensor, positions
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1)
 
 
-def install_grounding(unet) -> list[tuple[int, GroundingProcessor]]:
-    """A recording processor on every cross-attention layer of 8x8 or finer; returns (resolution, processor).
+def install_grounding(unet, make: Callable[[int], Any] = lambda layer_index: GroundingProcessor()
+                      ) -> list[tuple[int, Any]]:
+    """A recording processor (``make(layer_index)``, a :class:`GroundingProcessor` by default) on every
+    cross-attention layer of 8x8 or finer; returns (resolution, processor).
 
     ``train_base`` keeps the last of each resolution (a dict keyed by resolution), and the committed world was
     trained so: its grounding loss reads one 16x16 and one 8x8 layer.
@@ -180,10 +183,10 @@ def install_grounding(unet) -> list[tuple[int, GroundingProcessor]]:
     latent = unet.config.sample_size
     installed = []
     processors = dict(unet.attn_processors)
-    for name in cross_attention_layers(unet):
+    for index, name in enumerate(cross_attention_layers(unet)):
         resolution = latent // attention_level(unet, name)
         if resolution >= 8:
-            processor = GroundingProcessor()
+            processor = make(index)
             processors[f"{name}.processor"] = processor
             installed.append((resolution, processor))
     unet.set_attn_processor(processors)

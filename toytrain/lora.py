@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from safetensors.torch import save_file
 
-from bench.layers import attention_level, cross_attention_layers
+from bench.layers import cross_attention_layers
 from bench.prompts import (
     LayerwiseAttnProcessor,
     LayerwiseState,
@@ -32,7 +32,7 @@ from bench.prompts import (
     token_rows_written,
 )
 from toytrain import LORA_DIR, LORA_GROUNDING_WEIGHT
-from toytrain.base import GroundingProcessor, encode_latents, grounding_loss
+from toytrain.base import GroundingProcessor, encode_latents, grounding_loss, install_grounding
 from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, diffusion_target, lr_at, seed_everything
 from toyworld.concepts import CONCEPTS, ToyConcept, sample_concept_image
 from toyworld.models import WEIGHTS_DIR, load_toy_pipeline
@@ -61,21 +61,6 @@ class GroundedLayerwiseProcessor(LayerwiseAttnProcessor):
         embeddings = self.state.embeddings
         assert embeddings is not None, "grounded layer-wise attention needs the layer-wise embeddings"
         return self._recorder(attn, hidden_states, embeddings[:, self.layer_index].to(hidden_states.dtype))
-
-
-def install_grounded_layers(unet: torch.nn.Module, state: LayerwiseState
-                            ) -> list[tuple[int, GroundedLayerwiseProcessor]]:
-    """Replace the layer-wise processor of every cross-attention layer of 8x8 or finer with a recording one."""
-    processors = dict(unet.attn_processors)
-    installed = []
-    for index, name in enumerate(cross_attention_layers(unet)):
-        resolution = unet.config.sample_size // attention_level(unet, name)
-        if resolution >= 8:
-            processor = GroundedLayerwiseProcessor(index, state)
-            processors[f"{name}.processor"] = processor
-            installed.append((resolution, processor))
-    unet.set_attn_processor(processors)
-    return installed
 
 
 def _peft_deltas(model: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -173,7 +158,9 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     text_encoder.train()
     token_positions = torch.tensor(positions)
     with install_layerwise(unet, state):
-        recorders = install_grounded_layers(unet, state) if grounding_weight else []
+        recorders = []
+        if grounding_weight:
+            recorders = install_grounding(unet, lambda index: GroundedLayerwiseProcessor(index, state))
         for step in range(first, steps):
             for group, peak in zip(opt.param_groups, peaks, strict=True):
                 group["lr"] = lr_at(step, steps, peak, warmup=50)
