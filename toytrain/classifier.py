@@ -5,11 +5,14 @@ are never exact decodes of a render, and a judge trained on clean renders and cl
 striped circles that LoRA-Composer draws as crosses or squares when the box moved by two pixels.
 
 Positives: each object's box, jittered in scale and position, labelled with its shape, colour and
-texture. Negatives (``none``): random squares that cover at most 15 % of any object's box, and squares of
-noise images (:data:`TRAINED_NOISE`): noise holds no object, and a judge that reads shapes in it credits a
-method whose boxes are garbage. Per-pixel uniform RGB noise is held out of training and measured instead
-(``uniform_noise_read_as_none`` in the training log), so that the judge's rejection of noise is shown to
-generalize, not learnt from the kind of noise the calibration's ``ref-noise`` uses.
+texture; a third of them (:data:`WIDE_SHARE`) are 1.5-2.2x the object's box with the object anywhere inside, as
+a layout box is usually larger than what a method draws in it (trained on nearly centred crops alone, the judge
+read a quarter of such objects as empty or as another shape). Negatives (``none``): random squares that cover at
+most 15 % of any object's box, and squares of noise images (:data:`TRAINED_NOISE`): noise holds no object, and
+a judge that reads shapes in it credits a method whose boxes are garbage. Per-pixel uniform RGB noise is held
+out of training and measured instead (``uniform_noise_read_as_none`` in the training log), so that the judge's
+rejection of noise is shown to generalize, not learnt from the kind of noise the calibration's ``ref-noise``
+uses.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from toyworld.world import SIZE, ToyImage
 IGNORE = -100
 LATENT_NOISE = 0.6  # at most this share of a latent's std is added before decoding (a third of the images)
 CHANNEL_JITTER = 0.05  # per-channel gain std
+WIDE_SHARE = 1 / 3  # share of object crops 1.5 to WIDE_MAX_SCALE times the object's box, the object anywhere inside
+WIDE_MAX_SCALE = 2.2
 
 
 def round_trip(vae, pixels: torch.Tensor, batch: int = 256, latent_noise: float = 0.0,
@@ -64,9 +69,14 @@ def _samples(image: Image.Image, item: ToyImage, rng: np.random.Generator) -> li
     """(crop, (shape, colour, texture) label indices) for each object, plus one empty crop if one fits."""
     out = []
     for obj in item.objects:
-        side = 2 * obj.radius * rng.uniform(0.8, 1.5)
-        cx = obj.cx + rng.uniform(-0.15, 0.15) * side
-        cy = obj.cy + rng.uniform(-0.15, 0.15) * side
+        if rng.random() < WIDE_SHARE:  # a layout box larger than the object, which lies anywhere inside it
+            side = 2 * obj.radius * rng.uniform(1.5, WIDE_MAX_SCALE)
+            slack = (side - 2 * obj.radius) / 2
+        else:
+            side = 2 * obj.radius * rng.uniform(0.8, 1.5)
+            slack = 0.15 * side
+        cx = obj.cx + rng.uniform(-slack, slack)
+        cy = obj.cy + rng.uniform(-slack, slack)
         box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
         labels = (SHAPE_LABELS.index(obj.shape), COLOUR_LABELS.index(obj.colour), TEXTURE_LABELS.index(obj.texture))
         out.append((crop_tensor(image, box), labels))
@@ -176,7 +186,7 @@ def _round_tripped_set(vae, count: int, seed: int) -> tuple[torch.Tensor, list[T
 
 
 def train_classifier(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.0, images: int = 24000,
-                     epochs: int = 4, batch: int = 256, checkpoints: Path | None = None,
+                     epochs: int = 8, batch: int = 256, checkpoints: Path | None = None,
                      save_every: int = 100) -> None:
     """Train and write ``classifier.safetensors``; logs held-out accuracy per head. Resumable
     (:class:`toytrain.common.ResumableLoop`): the state is saved to ``checkpoints`` every ``save_every`` steps."""

@@ -43,8 +43,8 @@ READING_MARGIN = 1.25
 
 def reading_box(extent: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
     """The square the gates read around a sample's foreground ``extent``: grown about its centre by
-    :data:`READING_MARGIN`, as the classifier was trained on crops of 0.8-1.5x an object's box while a drawn
-    square fills only 0.74 of its box, so that a crop of its tight extent shows none of its edges."""
+    :data:`READING_MARGIN`, as the classifier was trained on crops of at least 0.8x an object's box while a
+    drawn square fills only 0.74 of its box, so that a crop of its tight extent shows none of its edges."""
     x0, y0, x1, y1 = extent
     half = max(x1 - x0, y1 - y0) * READING_MARGIN / 2
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
