@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 from pathlib import Path
@@ -51,17 +52,14 @@ def test_classifier_reads_an_object_anywhere_inside_a_larger_box(one_thread):
 
     rng, model = np.random.default_rng(5), load_classifier()
     images, truths = [], []
-    for shape in SHAPES:
-        for colour in COLOURS:
-            for texture in TEXTURES:
-                for background in BACKGROUNDS:
-                    radius = float(rng.uniform(8, 12))
-                    side = min(60.0, 2 * radius * float(rng.uniform(1.3, 2.0)))
-                    corner = rng.uniform(0, 64 - side, 2)
-                    cx, cy = corner + radius + rng.uniform(0, side - 2 * radius, 2)
-                    x0, y0 = corner
-                    images.append(render([ToyObject(shape, colour, texture, float(cx), float(cy), radius)], background))
-                    truths.append(((shape, colour), (x0, y0, x0 + side, y0 + side)))
+    for shape, colour, texture, background in itertools.product(SHAPES, COLOURS, TEXTURES, BACKGROUNDS):
+        radius = float(rng.uniform(8, 12))
+        side = min(60.0, 2 * radius * float(rng.uniform(1.3, 2.0)))
+        corner = rng.uniform(0, 64 - side, 2)
+        cx, cy = corner + radius + rng.uniform(0, side - 2 * radius, 2)
+        x0, y0 = corner
+        images.append(render([ToyObject(shape, colour, texture, float(cx), float(cy), radius)], background))
+        truths.append(((shape, colour), (x0, y0, x0 + side, y0 + side)))
     pixels = torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in images])
     decoded = [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in round_trip(load_vae().eval(), pixels)]
     for kind, pictures in (("render", images), ("round trip", decoded)):
@@ -79,17 +77,14 @@ def test_the_gates_read_perfect_renders_of_every_shape_right(one_thread):
     from toyworld.world import PLAIN_BACKGROUNDS, TEXTURES
 
     rng, model, wrong, total = np.random.default_rng(0), load_classifier(), [], 0
-    for shape in SHAPES:
-        for colour in COLOURS:
-            for texture in TEXTURES:
-                for background in PLAIN_BACKGROUNDS:
-                    radius = float(rng.uniform(10, 19))
-                    cx, cy = rng.uniform(radius, 64 - radius, 2)
-                    image = render([ToyObject(shape, colour, texture, float(cx), float(cy), radius)], background)
-                    read = read_foreground(model, image)
-                    total += 1
-                    if read[:2] != (shape, colour):
-                        wrong.append((shape, colour, texture, background, read))
+    for shape, colour, texture, background in itertools.product(SHAPES, COLOURS, TEXTURES, PLAIN_BACKGROUNDS):
+        radius = float(rng.uniform(10, 19))
+        cx, cy = rng.uniform(radius, 64 - radius, 2)
+        image = render([ToyObject(shape, colour, texture, float(cx), float(cy), radius)], background)
+        read = read_foreground(model, image)
+        total += 1
+        if read[:2] != (shape, colour):
+            wrong.append((shape, colour, texture, background, read))
     assert len(wrong) <= 0.02 * total, wrong
 
 

@@ -35,7 +35,10 @@ from toyworld.world import SIZE, ToyImage
 IGNORE = -100
 LATENT_NOISE = 0.6  # at most this share of a latent's std is added before decoding (a third of the images)
 CHANNEL_JITTER = 0.05  # per-channel gain std
-WIDE_SHARE = 1 / 3  # share of object crops 1.5 to WIDE_MAX_SCALE times the object's box, the object anywhere inside
+# Object crops: nearly centred ones are 0.8 to CENTRED_MAX_SCALE times the object's box; a WIDE_SHARE of them are
+# CENTRED_MAX_SCALE to WIDE_MAX_SCALE times it, with the object anywhere inside.
+CENTRED_MAX_SCALE = 1.5
+WIDE_SHARE = 1 / 3
 WIDE_MAX_SCALE = 2.2
 
 
@@ -70,10 +73,10 @@ def _samples(image: Image.Image, item: ToyImage, rng: np.random.Generator) -> li
     out = []
     for obj in item.objects:
         if rng.random() < WIDE_SHARE:  # a layout box larger than the object, which lies anywhere inside it
-            side = 2 * obj.radius * rng.uniform(1.5, WIDE_MAX_SCALE)
+            side = 2 * obj.radius * rng.uniform(CENTRED_MAX_SCALE, WIDE_MAX_SCALE)
             slack = (side - 2 * obj.radius) / 2
         else:
-            side = 2 * obj.radius * rng.uniform(0.8, 1.5)
+            side = 2 * obj.radius * rng.uniform(0.8, CENTRED_MAX_SCALE)
             slack = 0.15 * side
         cx = obj.cx + rng.uniform(-slack, slack)
         cy = obj.cy + rng.uniform(-slack, slack)
