@@ -64,6 +64,17 @@ def test_caption_words_point_at_their_objects():
             assert named == obj.words()
 
 
+def test_shape_only_captions_name_each_object_by_its_shape_and_point_at_it():
+    rng = np.random.default_rng(0)
+    items = [sample_image(rng, shape_only_share=0.5) for _ in range(200)]
+    bare = [item for item in items if all(obj.colour not in item.caption.split(" ") for obj in item.objects)]
+    assert 70 <= len(bare) <= 130
+    for item in bare:
+        words = item.caption.split(" ")
+        for index, obj in enumerate(item.objects):
+            assert [words[w].rstrip(",") for w, o in item.word_objects.items() if o == index] == [obj.shape]
+
+
 def test_word_positions_match_the_tokenized_caption():
     tokenizer = build_clip_tokenizer()
     item = sample_image(np.random.default_rng(5))

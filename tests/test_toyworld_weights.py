@@ -136,14 +136,18 @@ def test_the_base_stage_defaults_to_the_committed_worlds_recipe():
     assert tuple(channels) == (32, 64, 64) and defaults.unet == "small" and defaults.word_weight > 0
 
 
-def test_the_committed_base_is_the_training_scripts_two_base_stages():
+def test_the_committed_base_is_the_training_scripts_three_base_stages():
     """The log of the committed world ends its base training with `base` from scratch, then the warm-started
-    `base-continue` run with exactly the options `scripts/train_toyworld.sh` gives it."""
+    `base-continue` and `base-captions` runs with exactly the options `scripts/train_toyworld.sh` gives them."""
     from pathlib import Path
 
     events = [json.loads(line) for line in (WEIGHTS_DIR / "training.jsonl").read_text().splitlines()]
-    scratch, continued = [event for event in events if event["stage"] == "base-done"][-2:]
+    scratch, continued, captions = [event for event in events if event["stage"] == "base-done"][-3:]
     assert "warm_start" not in scratch and scratch["steps"] == 3800
     script = (Path(__file__).parents[1] / "scripts" / "train_toyworld.sh").read_text()
-    start, steps, peak_lr = re.search(r"--init-from (\S+) --steps (\d+) --peak-lr (\S+)", script).groups()
-    assert (continued["warm_start"], continued["steps"], continued["peak_lr"]) == (start, int(steps), float(peak_lr))
+    runs = re.findall(r"--init-from (\S+) --steps (\d+) --peak-lr (\S+)(?: --shape-only-share (\S+))?", script)
+    assert len(runs) == 2
+    for event, (start, steps, peak_lr, share) in zip((continued, captions), runs, strict=True):
+        assert (event["warm_start"], event["steps"], event["peak_lr"]) == (start, int(steps), float(peak_lr))
+        assert event.get("shape_only_share", 0.0) == float(share or 0.0)
+    assert captions["shape_only_share"] > 0

@@ -32,6 +32,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="base stage: optimizer steps (default: 3800, the committed world's; --scale multiplies)")
     parser.add_argument("--peak-lr", type=float, default=1e-3,
                         help="base stage: peak learning rate (default: 1e-3, the committed world's)")
+    parser.add_argument("--shape-only-share", type=float, default=0.0,
+                        help="base stage: share of the training captions that name every object by its shape "
+                             "alone ('a circle and a square on a beach'), as a layout's global prompt does "
+                             "(default: 0, every object named with its colour)")
     parser.add_argument("--grounding-weight", type=float, default=LORA_GROUNDING_WEIGHT,
                         help="lora stage: weight of the loss pulling the concept tokens' attention into the "
                              f"object's box (default: {LORA_GROUNDING_WEIGHT:g}, the committed world's; 0: none)")

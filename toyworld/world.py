@@ -61,8 +61,11 @@ class ToyObject:
         r = self.radius
         return (max(0.0, self.cx - r), max(0.0, self.cy - r), min(SIZE, self.cx + r), min(SIZE, self.cy + r))
 
-    def words(self) -> list[str]:
-        """The caption words naming the object, without the article: ['red', 'striped', 'circle']."""
+    def words(self, shape_only: bool = False) -> list[str]:
+        """The caption words naming the object, without the article: ['red', 'striped', 'circle'], or with
+        ``shape_only`` the class word alone (['circle']), as a layout's global prompt names it."""
+        if shape_only:
+            return [self.shape]
         texture = [] if self.texture == "solid" else [self.texture]
         return [self.colour, *texture, self.shape]
 
@@ -216,15 +219,17 @@ def random_object(rng: np.random.Generator, cx: float, cy: float, r: float, max_
     return ToyObject(shape, colour, texture, cx, cy, r, angle, jittered_colour(rng, colour))
 
 
-def caption_words(objects: list[ToyObject], order: list[int], background: str | None) -> tuple[list[str], dict]:
-    """Caption words ('a red circle and a blue square on a beach') and word index -> object index."""
+def caption_words(objects: list[ToyObject], order: list[int], background: str | None, shape_only: bool = False
+                  ) -> tuple[list[str], dict]:
+    """Caption words ('a red circle and a blue square on a beach', or with ``shape_only`` 'a circle and a
+    square on a beach') and word index -> object index."""
     words: list[str] = []
     owner: dict[int, int] = {}
     for n, index in enumerate(order):
         if n and n == len(order) - 1:
             words.append("and")
         words.append("a")
-        for word in objects[index].words():
+        for word in objects[index].words(shape_only):
             owner[len(words)] = index
             words.append(word)
         if len(order) > 2 and n < len(order) - 2:
@@ -234,12 +239,17 @@ def caption_words(objects: list[ToyObject], order: list[int], background: str | 
     return words, owner
 
 
-def sample_image(rng: np.random.Generator, poses: Poses = VARIED) -> ToyImage:
-    """One random training image: 1-3 objects, a background, a caption in random object order."""
+def sample_image(rng: np.random.Generator, poses: Poses = VARIED, shape_only_share: float = 0.0) -> ToyImage:
+    """One random training image: 1-3 objects, a background, a caption in random object order.
+
+    A ``shape_only_share`` of the captions name every object by its shape alone ('a circle and a square on
+    a beach'). At 0 no extra random number is drawn, so a seed gives the images it gives without the option.
+    """
     count = int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
     objects = [random_object(rng, cx, cy, r, poses.max_rotation) for cx, cy, r in _place(rng, count, poses)]
     background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
     named = rng.random() < (0.5 if background in PLAIN_BACKGROUNDS else 0.9)
     order = [int(i) for i in rng.permutation(count)]
-    words, owner = caption_words(objects, order, background if named else None)
+    shape_only = bool(shape_only_share) and rng.random() < shape_only_share
+    words, owner = caption_words(objects, order, background if named else None, shape_only)
     return ToyImage(render(objects, background), objects, background, " ".join(words), owner)
