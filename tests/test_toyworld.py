@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from toytrain.classifier import round_trip
 from toytrain.common import diffusion_target, loss_weights
 from toytrain.lora import TEXT_TARGETS, UNET_TARGETS, write_edlora
 from toyworld.classifier import square_box
-from toyworld.concepts import CONCEPTS
+from toyworld.concepts import CONCEPTS, sample_concept_image, sample_concept_view
 from toyworld.models import (
     SD1_EPSILON,
     ZERO_SNR_V,
@@ -73,6 +75,27 @@ def test_shape_only_captions_name_each_object_by_its_shape_and_point_at_it():
         words = item.caption.split(" ")
         for index, obj in enumerate(item.objects):
             assert [words[w].rstrip(",") for w, o in item.word_objects.items() if o == index] == [obj.shape]
+
+
+def test_concept_views_with_distractors_name_the_concept_first_and_no_other_object_is_it():
+    concept = CONCEPTS["jade"]
+    plain = [sample_concept_image(np.random.default_rng(3), concept) for _ in range(2)]
+    assert [([obj], bg, caption) for obj, bg, caption in plain] == [
+        sample_concept_view(np.random.default_rng(3), concept) for _ in range(2)]
+    rng = np.random.default_rng(0)
+    views = [sample_concept_view(rng, concept, distractor_share=0.5) for _ in range(200)]
+    crowded = [view for view in views if len(view[0]) > 1]
+    assert 70 <= len(crowded) <= 130
+    assert {len(objects) for objects, _, _ in crowded} == {2, 3}
+    for objects, _, caption in crowded:
+        assert caption.startswith(f"a {concept.phrase}, a " if len(objects) == 3 else f"a {concept.phrase} and a ")
+        assert (objects[0].shape, objects[0].colour, objects[0].texture) == ("square", "green", "dotted")
+        for other in objects[1:]:
+            assert (other.shape, other.colour) != ("square", "green")
+            assert " ".join(other.words()) in caption
+            assert other.angle == 0.0
+        for first, second in itertools.combinations(objects, 2):
+            assert math.hypot(first.cx - second.cx, first.cy - second.cy) > first.radius + second.radius
 
 
 def test_word_positions_match_the_tokenized_caption():

@@ -80,14 +80,14 @@ def _lora(out, log, ck):
     from toytrain.lora import train_concept
 
     return train_concept(CONCEPTS["ruby"], out, seed=3, log=log, weights=None, views=8, steps=4, batch=2,
-                         checkpoints=ck, save_every=2)
+                         checkpoints=ck, save_every=2, grounding_weight=0.0, distractor_share=0.0)
 
 
 def _grounded_lora(out, log, ck):
     from toytrain.lora import train_concept
 
     return train_concept(CONCEPTS["ruby"], out, seed=3, log=log, weights=None, views=8, steps=4, batch=2,
-                         checkpoints=ck, save_every=2, grounding_weight=0.2)
+                         checkpoints=ck, save_every=2, grounding_weight=0.2, distractor_share=0.5)
 
 
 @pytest.mark.slow
@@ -223,25 +223,32 @@ def test_a_lora_checkpoint_belongs_to_the_base_it_was_trained_on(monkeypatch, tm
     monkeypatch.setattr(lora, "ResumableLoop", opened)
     with pytest.raises(Opened) as stopped:
         lora.train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=2, steps=1,
-                           batch=1)
+                           batch=1, grounding_weight=0.0, distractor_share=0.0)
     committed = load_toy_pipeline()
     assert stopped.value.args[0].name == f"lora-ruby-1-seed3-base{base_digest(committed.unet, committed.text_encoder)}"
     with pytest.raises(Opened) as grounded:
         lora.train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=2, steps=1,
-                           batch=1, grounding_weight=0.2)
+                           batch=1, grounding_weight=0.2, distractor_share=0.0)
     assert grounded.value.args[0].name == f"{stopped.value.args[0].name}-grounding0.2"  # never resumes the other
+    with pytest.raises(Opened) as crowded:
+        lora.train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=2, steps=1,
+                           batch=1, grounding_weight=0.2, distractor_share=0.5)
+    assert crowded.value.args[0].name == f"{grounded.value.args[0].name}-distractors0.5"
 
 
-def test_the_lora_stage_passes_its_grounding_weight_to_every_concept(monkeypatch, tmp_path):
-    """`--grounding-weight` reaches every concept the stage trains; without it, the committed recipe's weight."""
-    from toytrain import LORA_GROUNDING_WEIGHT, lora
+def test_the_lora_stage_passes_its_grounding_weight_and_distractor_share_to_every_concept(monkeypatch, tmp_path):
+    """`--grounding-weight` and `--distractor-share` reach every concept the stage trains; without them, the
+    committed recipe's values."""
+    from toytrain import LORA_DISTRACTOR_SHARE, LORA_GROUNDING_WEIGHT, lora
     from toytrain.cli import main
 
-    weights: list[float] = []
-    monkeypatch.setattr(lora, "train_concept", lambda *a, grounding_weight, **k: weights.append(grounding_weight))
-    main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "ruby,jade", "--grounding-weight", "0.3"])
+    options: list[tuple[float, float]] = []
+    monkeypatch.setattr(lora, "train_concept", lambda *a, grounding_weight, distractor_share, **k: options.append(
+        (grounding_weight, distractor_share)))
+    main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "ruby,jade", "--grounding-weight", "0.3",
+          "--distractor-share", "0.25"])
     main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "amber"])
-    assert weights == [0.3, 0.3, LORA_GROUNDING_WEIGHT]
+    assert options == [(0.3, 0.25), (0.3, 0.25), (LORA_GROUNDING_WEIGHT, LORA_DISTRACTOR_SHARE)]
 
 
 def test_grounded_layerwise_attention_computes_what_the_layerwise_processor_does(one_thread):

@@ -18,6 +18,7 @@ from toytrain.classifier import HELD_OUT_NOISE, _dataset, _round_tripped_set, ac
 from toytrain.gates import base_gate, lora_gate
 from toytrain.lora import LORA_DIR
 from toyworld.classifier import NONE, classify_boxes, load_classifier
+from toyworld.concepts import CONCEPTS
 from toyworld.models import SCHEDULES, WEIGHTS_DIR, load_toy_pipeline, load_vae, stored_schedule, weights_path
 from toyworld.world import COLOURS, SHAPES, ToyObject, render
 
@@ -151,3 +152,19 @@ def test_the_committed_base_is_the_training_scripts_three_base_stages():
         assert (event["warm_start"], event["steps"], event["peak_lr"]) == (start, int(steps), float(peak_lr))
         assert event.get("shape_only_share", 0.0) == float(share or 0.0)
     assert captions["shape_only_share"] > 0
+
+
+def test_the_committed_loras_were_trained_with_the_lora_stages_default_recipe():
+    """The last `lora` run of every concept in the committed log used the stage's defaults (the recipe that
+    `scripts/train_toyworld.sh` runs), after the last base run, and wrote the file the toy dataset reads."""
+    from toytrain import LORA_DISTRACTOR_SHARE, LORA_GROUNDING_WEIGHT
+
+    events = [json.loads(line) for line in (WEIGHTS_DIR / "training.jsonl").read_text().splitlines()]
+    last_base = max(n for n, event in enumerate(events) if event["stage"] == "base-done")
+    for concept in CONCEPTS:
+        done = [n for n, event in enumerate(events) if event["stage"] == f"lora-{concept}-done"]
+        assert done and done[-1] > last_base, concept
+        event = events[done[-1]]
+        assert (event["grounding_weight"], event.get("distractor_share", 0.0)) == (
+            LORA_GROUNDING_WEIGHT, LORA_DISTRACTOR_SHARE), concept
+        assert (LORA_DIR / f"{concept}.safetensors").is_file()

@@ -31,10 +31,10 @@ from bench.prompts import (
     install_layerwise,
     token_rows_written,
 )
-from toytrain import LORA_DIR, LORA_GROUNDING_WEIGHT
+from toytrain import LORA_DIR, LORA_DISTRACTOR_SHARE, LORA_GROUNDING_WEIGHT
 from toytrain.base import GroundingProcessor, encode_latents, grounding_loss, install_grounding
 from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, diffusion_target, lr_at, seed_everything
-from toyworld.concepts import CONCEPTS, ToyConcept, sample_concept_image
+from toyworld.concepts import CONCEPTS, ToyConcept, sample_concept_view
 from toyworld.models import WEIGHTS_DIR, load_toy_pipeline
 from toyworld.world import render
 
@@ -102,8 +102,12 @@ def base_digest(*modules: torch.nn.Module) -> str:
 
 def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, weights: Path | None,
                   views: int = 400, steps: int = 800, batch: int = 32, checkpoints: Path | None = None,
-                  save_every: int = 100, grounding_weight: float = LORA_GROUNDING_WEIGHT) -> Path:
+                  save_every: int = 100, grounding_weight: float = LORA_GROUNDING_WEIGHT,
+                  distractor_share: float = LORA_DISTRACTOR_SHARE) -> Path:
     """Train one concept's ED-LoRA and write ``<out>/<id>.safetensors``.
+
+    ``distractor_share``: the share of views that also hold other objects, named in the caption
+    (:func:`toyworld.concepts.sample_concept_view`).
 
     Resumable (:class:`toytrain.common.ResumableLoop`): token embeddings, LoRA weights, optimizer and random
     generator are saved to ``checkpoints`` every ``save_every`` steps.
@@ -115,9 +119,9 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     for module in (unet, text_encoder, vae):
         module.requires_grad_(False)
     rng = np.random.default_rng(seed)
-    samples = [sample_concept_image(rng, concept) for _ in range(views)]
-    pixels = torch.from_numpy(np.stack([np.asarray(render([obj], bg)) for obj, bg, _ in samples]))
-    boxes = torch.tensor([obj.box for obj, _, _ in samples], dtype=torch.float32)
+    samples = [sample_concept_view(rng, concept, distractor_share) for _ in range(views)]
+    pixels = torch.from_numpy(np.stack([np.asarray(render(objects, bg)) for objects, bg, _ in samples]))
+    boxes = torch.tensor([objects[0].box for objects, _, _ in samples], dtype=torch.float32)
     means, stds = encode_latents(vae, pixels.permute(0, 3, 1, 2).contiguous())
     layers = len(cross_attention_layers(unet))
     encoder = LayerwiseTextEncoder.from_pipeline(pipe)
@@ -147,8 +151,9 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     gen = torch.Generator().manual_seed(seed)
     trainable = {"embeddings": embeddings, **{f"unet.{n}": p for n, p in unet.named_parameters() if "lora_" in n},
                  **{f"text_encoder.{n}": p for n, p in text_encoder.named_parameters() if "lora_" in n}}
-    grounded = f"-grounding{grounding_weight:g}" if grounding_weight else ""
-    folder = checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}-base{base}{grounded}")
+    recipe = f"-grounding{grounding_weight:g}" if grounding_weight else ""
+    recipe += f"-distractors{distractor_share:g}" if distractor_share else ""
+    folder = checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}-base{base}{recipe}")
     loop = ResumableLoop(f"lora-{concept.id}", folder, log, gen, parts={"optimizer": opt}, tensors=trainable,
                          every=save_every, started=start)
     first = loop.resume()
@@ -195,13 +200,15 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     write_edlora(path, tokens, text_encoder, unet, {"concept": concept.id})
     loop.finish()
     log.event(f"lora-{concept.id}-done", steps=steps, grounding_weight=grounding_weight,
+              distractor_share=distractor_share,
               seconds=round(loop.seconds(), 1))
     return path
 
 
 def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
                 concepts: list[str] | None = None, lora_dir: Path | None = None,
-                grounding_weight: float = LORA_GROUNDING_WEIGHT) -> None:
+                grounding_weight: float = LORA_GROUNDING_WEIGHT,
+                distractor_share: float = LORA_DISTRACTOR_SHARE) -> None:
     """Train every (or the named) concept's ED-LoRA; LoRAs go to the toy dataset's ``loras`` folder."""
     target = lora_dir or (LORA_DIR if out_dir.resolve() == WEIGHTS_DIR.resolve() else out_dir / "loras")
     for concept_id in concepts or list(CONCEPTS):
@@ -210,4 +217,5 @@ def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
         # the concept's place in the world, not in the request: a subset trains what the full run trains
         number = list(CONCEPTS).index(concept_id)
         train_concept(CONCEPTS[concept_id], target, seed=seed + number, log=log, weights=out_dir,
-                      steps=max(4, int(800 * scale)), grounding_weight=grounding_weight)
+                      steps=max(4, int(800 * scale)), grounding_weight=grounding_weight,
+                      distractor_share=distractor_share)

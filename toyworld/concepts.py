@@ -6,7 +6,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toyworld.world import BACKGROUNDS, PLAIN_BACKGROUNDS, UPRIGHT, ToyObject, background_phrase, jittered_colour
+from toyworld.world import (
+    BACKGROUNDS,
+    PLAIN_BACKGROUNDS,
+    UPRIGHT,
+    ToyObject,
+    background_phrase,
+    jittered_colour,
+    place_objects,
+    random_object,
+)
 
 
 @dataclass(frozen=True)
@@ -66,3 +75,32 @@ def sample_concept_image(rng: np.random.Generator, concept: ToyConcept) -> tuple
     return concept.instance(rng, float(cx), float(cy), radius), background, concept_caption(
         concept, background if named else None
     )
+
+
+def other_object(rng: np.random.Generator, concept: ToyConcept, cx: float, cy: float, radius: float) -> ToyObject:
+    """An upright object of random kind that is not the concept: its shape or its colour differs."""
+    while True:
+        obj = random_object(rng, cx, cy, radius, max_rotation=0.0)
+        if (obj.shape, obj.colour) != (concept.shape, concept.colour):
+            return obj
+
+
+def sample_concept_view(rng: np.random.Generator, concept: ToyConcept, distractor_share: float = 0.0
+                        ) -> tuple[list[ToyObject], str, str]:
+    """One ED-LoRA training view: the concept first, its background and caption.
+
+    With probability ``distractor_share`` the view also holds one or two other objects, named in the caption
+    behind the concept's tokens ('a <ruby1> <ruby2> and a green dotted square on a beach'), as photos of a concept
+    hold other things; otherwise it is :func:`sample_concept_image`'s view. At 0 no extra random number is
+    drawn, so a seed gives the views it gives without the option.
+    """
+    if not distractor_share or rng.random() >= distractor_share:
+        obj, background, caption = sample_concept_image(rng, concept)
+        return [obj], background, caption
+    (cx, cy, radius), *places = place_objects(rng, 1 + int(rng.integers(1, 3)), UPRIGHT)
+    objects = [concept.instance(rng, cx, cy, radius), *(other_object(rng, concept, *place) for place in places)]
+    background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    named = rng.random() < (0.5 if background in PLAIN_BACKGROUNDS else 0.9)
+    names = [f"a {concept.phrase}", *("a " + " ".join(obj.words()) for obj in objects[1:])]
+    caption = ", ".join(names[:-1]) + " and " + names[-1]
+    return objects, background, caption if not named else f"{caption} {background_phrase(background)}"

@@ -193,7 +193,7 @@ VARIED = Poses()
 UPRIGHT = Poses(max_rotation=0.0, min_radius=9.0, max_radius_multi=14.0)
 
 
-def _place(rng: np.random.Generator, count: int, poses: Poses) -> list[tuple[float, float, float]]:
+def place_objects(rng: np.random.Generator, count: int, poses: Poses) -> list[tuple[float, float, float]]:
     """Non-overlapping ``(cx, cy, radius)`` for ``count`` objects (rejection sampling)."""
     max_radius = poses.max_radius_single if count == 1 else poses.max_radius_multi
     while True:
@@ -246,7 +246,7 @@ def sample_image(rng: np.random.Generator, poses: Poses = VARIED, shape_only_sha
     a beach'). At 0 no extra random number is drawn, so a seed gives the images it gives without the option.
     """
     count = int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
-    objects = [random_object(rng, cx, cy, r, poses.max_rotation) for cx, cy, r in _place(rng, count, poses)]
+    objects = [random_object(rng, cx, cy, r, poses.max_rotation) for cx, cy, r in place_objects(rng, count, poses)]
     background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
     named = rng.random() < (0.5 if background in PLAIN_BACKGROUNDS else 0.9)
     order = [int(i) for i in rng.permutation(count)]
