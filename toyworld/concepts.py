@@ -7,14 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from toyworld.world import (
-    BACKGROUNDS,
-    PLAIN_BACKGROUNDS,
     UPRIGHT,
     ToyObject,
     background_phrase,
     jittered_colour,
     place_objects,
     random_object,
+    sample_background,
 )
 
 
@@ -70,8 +69,7 @@ def sample_concept_image(rng: np.random.Generator, concept: ToyConcept) -> tuple
     """One single-concept training view (no layout): the object, its background and its caption."""
     radius = float(rng.uniform(10.0, 19.0))
     cx, cy = rng.uniform(radius, 64 - radius, size=2)
-    background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
-    named = rng.random() < (0.5 if background in PLAIN_BACKGROUNDS else 0.9)
+    background, named = sample_background(rng)
     return concept.instance(rng, float(cx), float(cy), radius), background, concept_caption(
         concept, background if named else None
     )
@@ -99,8 +97,7 @@ def sample_concept_view(rng: np.random.Generator, concept: ToyConcept, distracto
         return [obj], background, caption
     (cx, cy, radius), *places = place_objects(rng, 1 + int(rng.integers(1, 3)), UPRIGHT)
     objects = [concept.instance(rng, cx, cy, radius), *(other_object(rng, concept, *place) for place in places)]
-    background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
-    named = rng.random() < (0.5 if background in PLAIN_BACKGROUNDS else 0.9)
+    background, named = sample_background(rng)
     names = [f"a {concept.phrase}", *("a " + " ".join(obj.words()) for obj in objects[1:])]
     caption = ", ".join(names[:-1]) + " and " + names[-1]
-    return objects, background, caption if not named else f"{caption} {background_phrase(background)}"
+    return objects, background, f"{caption} {background_phrase(background)}" if named else caption

@@ -219,6 +219,12 @@ def random_object(rng: np.random.Generator, cx: float, cy: float, r: float, max_
     return ToyObject(shape, colour, texture, cx, cy, r, angle, jittered_colour(rng, colour))
 
 
+def sample_background(rng: np.random.Generator) -> tuple[str, bool]:
+    """A random background and whether the caption names it (half the plain ones, nine in ten scenes)."""
+    background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    return background, bool(rng.random() < (0.5 if background in PLAIN_BACKGROUNDS else 0.9))
+
+
 def caption_words(objects: list[ToyObject], order: list[int], background: str | None, shape_only: bool = False
                   ) -> tuple[list[str], dict]:
     """Caption words ('a red circle and a blue square on a beach', or with ``shape_only`` 'a circle and a
@@ -247,8 +253,7 @@ def sample_image(rng: np.random.Generator, poses: Poses = VARIED, shape_only_sha
     """
     count = int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
     objects = [random_object(rng, cx, cy, r, poses.max_rotation) for cx, cy, r in place_objects(rng, count, poses)]
-    background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
-    named = rng.random() < (0.5 if background in PLAIN_BACKGROUNDS else 0.9)
+    background, named = sample_background(rng)
     order = [int(i) for i in rng.permutation(count)]
     shape_only = bool(shape_only_share) and rng.random() < shape_only_share
     words, owner = caption_words(objects, order, background if named else None, shape_only)
