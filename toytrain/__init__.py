@@ -12,4 +12,4 @@ LORA_DIR = TOY_DATASET / "loras"
 # weight of the ED-LoRA stage's loss pulling concept-token attention into the object's box (toytrain.lora)
 LORA_GROUNDING_WEIGHT = 0.0
 # share of the ED-LoRA stage's views that also hold other objects, named in the caption (toytrain.lora)
-LORA_DISTRACTOR_SHARE = 0.0
+LORA_DISTRACTOR_SHARE = 0.5
