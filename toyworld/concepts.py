@@ -59,9 +59,11 @@ CONCEPTS: dict[str, ToyConcept] = {
 }
 
 
-def concept_caption(concept: ToyConcept, background: str | None) -> str:
-    """'a <ruby1> <ruby2>' plus the background phrase, as ED-LoRA training captions read."""
-    caption = f"a {concept.phrase}"
+def concept_caption(concept: ToyConcept, background: str | None, others: tuple[ToyObject, ...] = ()) -> str:
+    """'a <ruby1> <ruby2>', then any other objects ('a <ruby1> <ruby2>, a red square and a blue cross'), plus the
+    background phrase, as ED-LoRA training captions read."""
+    names = [f"a {concept.phrase}", *("a " + " ".join(obj.words()) for obj in others)]
+    caption = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     return caption if background is None else f"{caption} {background_phrase(background)}"
 
 
@@ -98,6 +100,4 @@ def sample_concept_view(rng: np.random.Generator, concept: ToyConcept, distracto
     (cx, cy, radius), *places = place_objects(rng, 1 + int(rng.integers(1, 3)), UPRIGHT)
     objects = [concept.instance(rng, cx, cy, radius), *(other_object(rng, concept, *place) for place in places)]
     background, named = sample_background(rng)
-    names = [f"a {concept.phrase}", *("a " + " ".join(obj.words()) for obj in objects[1:])]
-    caption = ", ".join(names[:-1]) + " and " + names[-1]
-    return objects, background, f"{caption} {background_phrase(background)}" if named else caption
+    return objects, background, concept_caption(concept, background if named else None, tuple(objects[1:]))
