@@ -90,9 +90,18 @@ def _grounded_lora(out, log, ck):
                          checkpoints=ck, save_every=2, grounding_weight=0.2, distractor_share=0.5)
 
 
+def _text_grounded_lora(out, log, ck):
+    from toytrain.lora import train_concept
+
+    return train_concept(CONCEPTS["ruby"], out, seed=3, log=log, weights=None, views=8, steps=4, batch=2,
+                         checkpoints=ck, save_every=2, grounding_weight=0.2, grounding_trains="text",
+                         distractor_share=0.5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("stage", "train"), [("vae", _vae), ("base", _base), ("classifier", _classifier),
-                                              ("clip", _clip), ("lora-ruby", _lora), ("lora-ruby", _grounded_lora)])
+                                              ("clip", _clip), ("lora-ruby", _lora), ("lora-ruby", _grounded_lora),
+                                              ("lora-ruby", _text_grounded_lora)])
 def test_a_stopped_stage_resumes_to_the_same_weights(stage, train, tmp_path, monkeypatch):
     """Stopped right after its first checkpoint and started again, a training stage writes the same weights
     as an uninterrupted run (tiny sizes; the classifier and CLIP stages read the committed toy VAE)."""
@@ -234,21 +243,72 @@ def test_a_lora_checkpoint_belongs_to_the_base_it_was_trained_on(monkeypatch, tm
         lora.train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=2, steps=1,
                            batch=1, grounding_weight=0.2, distractor_share=0.5)
     assert crowded.value.args[0].name == f"{grounded.value.args[0].name}-distractors0.5"
+    with pytest.raises(Opened) as text_only:
+        lora.train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=2, steps=1,
+                           batch=1, grounding_weight=0.2, grounding_trains="text", distractor_share=0.0)
+    assert text_only.value.args[0].name == f"{grounded.value.args[0].name}-text"
 
 
 def test_the_lora_stage_passes_its_grounding_weight_and_distractor_share_to_every_concept(monkeypatch, tmp_path):
-    """`--grounding-weight` and `--distractor-share` reach every concept the stage trains; without them, the
-    committed recipe's values."""
-    from toytrain import LORA_DISTRACTOR_SHARE, LORA_GROUNDING_WEIGHT, lora
+    """`--grounding-weight`, `--grounding-trains` and `--distractor-share` reach every concept the stage trains;
+    without them, the committed recipe's values."""
+    from toytrain import LORA_DISTRACTOR_SHARE, LORA_GROUNDING_TRAINS, LORA_GROUNDING_WEIGHT, lora
     from toytrain.cli import main
 
-    options: list[tuple[float, float]] = []
-    monkeypatch.setattr(lora, "train_concept", lambda *a, grounding_weight, distractor_share, **k: options.append(
-        (grounding_weight, distractor_share)))
+    options: list[tuple[float, str, float]] = []
+    monkeypatch.setattr(lora, "train_concept", lambda *a, grounding_weight, grounding_trains, distractor_share, **k:
+                        options.append((grounding_weight, grounding_trains, distractor_share)))
     main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "ruby,jade", "--grounding-weight", "0.3",
-          "--distractor-share", "0.25"])
+          "--grounding-trains", "text", "--distractor-share", "0.25"])
     main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "amber"])
-    assert options == [(0.3, 0.25), (0.3, 0.25), (LORA_GROUNDING_WEIGHT, LORA_DISTRACTOR_SHARE)]
+    assert options == [(0.3, "text", 0.25), (0.3, "text", 0.25),
+                       (LORA_GROUNDING_WEIGHT, LORA_GROUNDING_TRAINS, LORA_DISTRACTOR_SHARE)]
+
+
+def _first_step_gradients(monkeypatch, tmp_path, **recipe) -> list[torch.Tensor]:
+    """The gradient of every trainable tensor at the LoRA stage's first optimizer step, in the optimizer's order
+    (token embeddings, UNet LoRAs, text-encoder LoRAs)."""
+    from toytrain.common import TrainLog
+    from toytrain.lora import train_concept
+
+    class Stepped(Exception):
+        pass
+
+    def record(optimizer, *args, **kwargs):
+        raise Stepped([p.grad.clone() for group in optimizer.param_groups for p in group["params"]])
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    with pytest.raises(Stepped) as stepped:
+        train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=4, steps=1,
+                      batch=2, checkpoints=tmp_path / "ck", distractor_share=0.5, **recipe)
+    return stepped.value.args[0]
+
+
+def test_grounding_that_trains_the_text_side_leaves_the_unet_lora_to_the_denoising_loss(one_thread, monkeypatch,
+                                                                                         tmp_path):
+    """With `grounding_trains="text"` the UNet LoRAs get the denoising loss's gradient alone (as without grounding)
+    and the token embeddings and text-encoder LoRAs the same gradient as when the grounding loss trains everything."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from toytrain.lora import RANK, UNET_TARGETS
+
+    unet = load_toy_pipeline().unet
+    inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=UNET_TARGETS), unet)
+    unet_count = sum("lora_" in name for name, _ in unet.named_parameters())
+    plain = _first_step_gradients(monkeypatch, tmp_path / "plain", grounding_weight=0.0)
+    everything = _first_step_gradients(monkeypatch, tmp_path / "all", grounding_weight=0.2, grounding_trains="all")
+    text = _first_step_gradients(monkeypatch, tmp_path / "text", grounding_weight=0.2, grounding_trains="text")
+
+    def gap(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+    unet_part, text_part = slice(1, 1 + unet_count), [0, *range(1 + unet_count, len(plain))]
+    assert len(plain) == len(everything) == len(text) > 1 + unet_count
+    assert gap(text[unet_part], plain[unet_part]) < 1e-5 < gap(everything[unet_part], plain[unet_part]) / 10
+    side = [[grads[i] for i in text_part] for grads in (plain, everything, text)]
+    assert gap(side[2], side[1]) < 1e-5 < gap(side[2], side[0]) / 10
+    with pytest.raises(ValueError, match="grounding_trains: expected one of"):
+        _first_step_gradients(monkeypatch, tmp_path / "bad", grounding_weight=0.2, grounding_trains="unet")
 
 
 def test_grounded_layerwise_attention_computes_what_the_layerwise_processor_does(one_thread):

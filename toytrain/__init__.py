@@ -11,5 +11,8 @@ TOY_DATASET = Path(__file__).resolve().parents[1] / "datasets" / "toy"
 LORA_DIR = TOY_DATASET / "loras"
 # weight of the ED-LoRA stage's loss pulling concept-token attention into the object's box (toytrain.lora)
 LORA_GROUNDING_WEIGHT = 0.0
+# what the grounding loss may train: "all" (token embeddings, text-encoder and UNet LoRAs) or "text" (no UNet LoRA)
+GROUNDING_TRAINS = ("all", "text")
+LORA_GROUNDING_TRAINS = "all"
 # share of the ED-LoRA stage's views that also hold other objects, named in the caption (toytrain.lora)
 LORA_DISTRACTOR_SHARE = 0.5

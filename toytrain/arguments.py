@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from toytrain import LORA_DIR, LORA_DISTRACTOR_SHARE, LORA_GROUNDING_WEIGHT
+from toytrain import (
+    GROUNDING_TRAINS,
+    LORA_DIR,
+    LORA_DISTRACTOR_SHARE,
+    LORA_GROUNDING_TRAINS,
+    LORA_GROUNDING_WEIGHT,
+)
 from toyworld import SCHEDULE_NAMES, UNET_SIZE_NAMES, WEIGHTS_DIR
 
 STAGES = ("vae", "base", "lora", "clip", "classifier")
@@ -39,6 +45,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grounding-weight", type=float, default=LORA_GROUNDING_WEIGHT,
                         help="lora stage: weight of the loss pulling the concept tokens' attention into the "
                              f"object's box (default: {LORA_GROUNDING_WEIGHT:g}, the committed world's; 0: none)")
+    parser.add_argument("--grounding-trains", choices=GROUNDING_TRAINS, default=LORA_GROUNDING_TRAINS,
+                        help="lora stage: what the grounding loss trains: all (token embeddings, text-encoder and "
+                             "UNet LoRAs) or text (no UNet LoRA) "
+                             f"(default: {LORA_GROUNDING_TRAINS}, the committed world's)")
     parser.add_argument("--distractor-share", type=float, default=LORA_DISTRACTOR_SHARE,
                         help="lora stage: share of the training views that also hold one or two other objects, "
                              f"named in the caption (default: {LORA_DISTRACTOR_SHARE:g}, the committed world's)")

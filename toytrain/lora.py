@@ -9,6 +9,8 @@ ED-LoRA layout (``params.new_concept_embedding / text_encoder / unet``), the for
 With ``grounding_weight`` > 0 the concept tokens' cross-attention is also pulled into the object's box, the
 same loss the base model was trained with (:func:`toytrain.base.grounding_loss`): the toy world's stand-in for
 the localized attention that new tokens get in real SD models, which attention-guided composition relies on.
+With ``grounding_trains="text"`` that loss moves only the token embeddings and the text encoder's LoRA; the UNet's
+LoRA learns from the denoising loss alone.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from bench.prompts import (
     install_layerwise,
     token_rows_written,
 )
-from toytrain import LORA_DIR, LORA_DISTRACTOR_SHARE, LORA_GROUNDING_WEIGHT
+from toytrain import (
+    GROUNDING_TRAINS,
+    LORA_DIR,
+    LORA_DISTRACTOR_SHARE,
+    LORA_GROUNDING_TRAINS,
+    LORA_GROUNDING_WEIGHT,
+)
 from toytrain.base import GroundingProcessor, encode_latents, grounding_loss, install_grounding
 from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, diffusion_target, lr_at, seed_everything
 from toyworld.concepts import CONCEPTS, ToyConcept, sample_concept_view
@@ -103,15 +111,19 @@ def base_digest(*modules: torch.nn.Module) -> str:
 def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, weights: Path | None,
                   views: int = 400, steps: int = 800, batch: int = 32, checkpoints: Path | None = None,
                   save_every: int = 100, grounding_weight: float = LORA_GROUNDING_WEIGHT,
+                  grounding_trains: str = LORA_GROUNDING_TRAINS,
                   distractor_share: float = LORA_DISTRACTOR_SHARE) -> Path:
     """Train one concept's ED-LoRA and write ``<out>/<id>.safetensors``.
 
     ``distractor_share``: the share of views that also hold other objects, named in the caption
-    (:func:`toyworld.concepts.sample_concept_view`).
+    (:func:`toyworld.concepts.sample_concept_view`). ``grounding_trains``: what the grounding loss moves, one of
+    :data:`toytrain.GROUNDING_TRAINS` (``"text"``: the token embeddings and the text encoder's LoRA only).
 
     Resumable (:class:`toytrain.common.ResumableLoop`): token embeddings, LoRA weights, optimizer and random
     generator are saved to ``checkpoints`` every ``save_every`` steps.
     """
+    if grounding_trains not in GROUNDING_TRAINS:
+        raise ValueError(f"grounding_trains: expected one of {GROUNDING_TRAINS}, got {grounding_trains!r}")
     seed_everything(seed)
     start = time.time()
     pipe = load_toy_pipeline(weights)
@@ -141,8 +153,9 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     base = base_digest(unet, text_encoder)
     inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=UNET_TARGETS), unet)
     inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=TEXT_TARGETS), text_encoder)
-    lora_params = [p for m in (unet, text_encoder) for n, p in m.named_parameters() if "lora_" in n]
-    opt = torch.optim.AdamW([{"params": [embeddings], "lr": 5e-3}, {"params": lora_params, "lr": 1e-3}],
+    unet_lora = [p for n, p in unet.named_parameters() if "lora_" in n]
+    text_lora = [p for n, p in text_encoder.named_parameters() if "lora_" in n]
+    opt = torch.optim.AdamW([{"params": [embeddings], "lr": 5e-3}, {"params": unet_lora + text_lora, "lr": 1e-3}],
                             weight_decay=0.0)
     peaks = [5e-3, 1e-3]
     noise_schedule = pipe.scheduler
@@ -152,6 +165,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     trainable = {"embeddings": embeddings, **{f"unet.{n}": p for n, p in unet.named_parameters() if "lora_" in n},
                  **{f"text_encoder.{n}": p for n, p in text_encoder.named_parameters() if "lora_" in n}}
     recipe = f"-grounding{grounding_weight:g}" if grounding_weight else ""
+    recipe += "-text" if grounding_weight and grounding_trains == "text" else ""
     recipe += f"-distractors{distractor_share:g}" if distractor_share else ""
     folder = checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}-base{base}{recipe}")
     loop = ResumableLoop(f"lora-{concept.id}", folder, log, gen, parts={"optimizer": opt}, tensors=trainable,
@@ -179,14 +193,20 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
             t = torch.randint(0, len(alphas), (batch,), generator=gen)
             pred = unet(noise_schedule.add_noise(latents, noise, t), t, encoder_hidden_states=hidden[:batch]).sample
             loss = F.mse_loss(pred, diffusion_target(noise_schedule, latents, noise, t))
+            opt.zero_grad(set_to_none=True)
             if recorders:
                 every_image = torch.ones(batch, dtype=torch.bool)
                 grounding = grounding_loss(recorders, token_positions.expand(batch, -1),
                                            boxes[idx, None].expand(-1, len(positions), -1), every_image)
-                loss = loss + grounding_weight * grounding
                 running_grounding += grounding.item()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+                if grounding_trains == "text":
+                    loss.backward(retain_graph=True)
+                    (grounding_weight * grounding).backward(inputs=[embeddings, *text_lora])
+                else:
+                    (loss + grounding_weight * grounding).backward()
+                loss = loss + grounding_weight * grounding
+            else:
+                loss.backward()
             opt.step()
             running += loss.item()
             if (step + 1) % 100 == 0:
@@ -199,7 +219,8 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     path = out / f"{concept.id}.safetensors"
     write_edlora(path, tokens, text_encoder, unet, {"concept": concept.id})
     loop.finish()
-    log.event(f"lora-{concept.id}-done", steps=steps, grounding_weight=grounding_weight,
+    trains = {"grounding_trains": grounding_trains} if grounding_weight else {}
+    log.event(f"lora-{concept.id}-done", steps=steps, grounding_weight=grounding_weight, **trains,
               distractor_share=distractor_share,
               seconds=round(loop.seconds(), 1))
     return path
@@ -207,7 +228,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
 
 def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
                 concepts: list[str] | None = None, lora_dir: Path | None = None,
-                grounding_weight: float = LORA_GROUNDING_WEIGHT,
+                grounding_weight: float = LORA_GROUNDING_WEIGHT, grounding_trains: str = LORA_GROUNDING_TRAINS,
                 distractor_share: float = LORA_DISTRACTOR_SHARE) -> None:
     """Train every (or the named) concept's ED-LoRA; LoRAs go to the toy dataset's ``loras`` folder."""
     target = lora_dir or (LORA_DIR if out_dir.resolve() == WEIGHTS_DIR.resolve() else out_dir / "loras")
@@ -218,4 +239,4 @@ def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
         number = list(CONCEPTS).index(concept_id)
         train_concept(CONCEPTS[concept_id], target, seed=seed + number, log=log, weights=out_dir,
                       steps=max(4, int(800 * scale)), grounding_weight=grounding_weight,
-                      distractor_share=distractor_share)
+                      grounding_trains=grounding_trains, distractor_share=distractor_share)
