@@ -98,6 +98,22 @@ def test_concept_views_with_distractors_name_the_concept_first_and_no_other_obje
             assert math.hypot(first.cx - second.cx, first.cy - second.cy) > first.radius + second.radius
 
 
+def test_disjoint_distractors_share_neither_shape_nor_colour_with_the_concept():
+    """`distractors="disjoint"`: no other object has the concept's shape or its colour; the default ("differ")
+    lets one share either (never both); an unknown kind is refused, naming the expected ones."""
+    concept = CONCEPTS["ruby"]
+    kinds = {}
+    for kind in ("differ", "disjoint"):
+        rng = np.random.default_rng(1)
+        views = [sample_concept_view(rng, concept, 1.0, kind) for _ in range(150)]
+        kinds[kind] = [(other.shape, other.colour) for objects, _, _ in views for other in objects[1:]]
+    assert ("circle", "red") not in kinds["differ"]
+    assert any(shape == "circle" for shape, _ in kinds["differ"]) and any(c == "red" for _, c in kinds["differ"])
+    assert kinds["disjoint"] and all(shape != "circle" and colour != "red" for shape, colour in kinds["disjoint"])
+    with pytest.raises(ValueError, match=r"distractors: expected one of \('differ', 'disjoint'\), got 'near'"):
+        sample_concept_view(np.random.default_rng(0), concept, 0.5, "near")
+
+
 def test_word_positions_match_the_tokenized_caption():
     tokenizer = build_clip_tokenizer()
     item = sample_image(np.random.default_rng(5))

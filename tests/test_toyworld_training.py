@@ -247,22 +247,27 @@ def test_a_lora_checkpoint_belongs_to_the_base_it_was_trained_on(monkeypatch, tm
         lora.train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=2, steps=1,
                            batch=1, grounding_weight=0.2, grounding_trains="text", distractor_share=0.0)
     assert text_only.value.args[0].name == f"{grounded.value.args[0].name}-text"
+    with pytest.raises(Opened) as disjoint:
+        lora.train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=2, steps=1,
+                           batch=1, grounding_weight=0.0, distractor_share=0.5, distractors="disjoint")
+    assert disjoint.value.args[0].name == f"{stopped.value.args[0].name}-distractors0.5-disjoint"
 
 
 def test_the_lora_stage_passes_its_grounding_weight_and_distractor_share_to_every_concept(monkeypatch, tmp_path):
-    """`--grounding-weight`, `--grounding-trains` and `--distractor-share` reach every concept the stage trains;
-    without them, the committed recipe's values."""
-    from toytrain import LORA_DISTRACTOR_SHARE, LORA_GROUNDING_TRAINS, LORA_GROUNDING_WEIGHT, lora
+    """`--grounding-weight`, `--grounding-trains`, `--distractor-share` and `--distractors` reach every concept the
+    stage trains; without them, the committed recipe's values."""
+    from toytrain import LORA_DISTRACTOR_SHARE, LORA_DISTRACTORS, LORA_GROUNDING_TRAINS, LORA_GROUNDING_WEIGHT, lora
     from toytrain.cli import main
 
-    options: list[tuple[float, str, float]] = []
-    monkeypatch.setattr(lora, "train_concept", lambda *a, grounding_weight, grounding_trains, distractor_share, **k:
-                        options.append((grounding_weight, grounding_trains, distractor_share)))
+    options: list[tuple[float, str, float, str]] = []
+    monkeypatch.setattr(lora, "train_concept",
+                        lambda *a, grounding_weight, grounding_trains, distractor_share, distractors, **k:
+                        options.append((grounding_weight, grounding_trains, distractor_share, distractors)))
     main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "ruby,jade", "--grounding-weight", "0.3",
-          "--grounding-trains", "text", "--distractor-share", "0.25"])
+          "--grounding-trains", "text", "--distractor-share", "0.25", "--distractors", "disjoint"])
     main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "amber"])
-    assert options == [(0.3, "text", 0.25), (0.3, "text", 0.25),
-                       (LORA_GROUNDING_WEIGHT, LORA_GROUNDING_TRAINS, LORA_DISTRACTOR_SHARE)]
+    assert options == [(0.3, "text", 0.25, "disjoint"), (0.3, "text", 0.25, "disjoint"),
+                       (LORA_GROUNDING_WEIGHT, LORA_GROUNDING_TRAINS, LORA_DISTRACTOR_SHARE, LORA_DISTRACTORS)]
 
 
 def _first_step_gradients(monkeypatch, tmp_path, **recipe) -> list[torch.Tensor]:

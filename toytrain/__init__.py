@@ -16,3 +16,5 @@ GROUNDING_TRAINS = ("all", "text")
 LORA_GROUNDING_TRAINS = "all"
 # share of the ED-LoRA stage's views that also hold other objects, named in the caption (toytrain.lora)
 LORA_DISTRACTOR_SHARE = 0.5
+# which other objects those views hold (toyworld.concepts.DISTRACTOR_KINDS)
+LORA_DISTRACTORS = "differ"

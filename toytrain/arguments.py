@@ -9,10 +9,12 @@ from toytrain import (
     GROUNDING_TRAINS,
     LORA_DIR,
     LORA_DISTRACTOR_SHARE,
+    LORA_DISTRACTORS,
     LORA_GROUNDING_TRAINS,
     LORA_GROUNDING_WEIGHT,
 )
 from toyworld import SCHEDULE_NAMES, UNET_SIZE_NAMES, WEIGHTS_DIR
+from toyworld.concepts import DISTRACTOR_KINDS
 
 STAGES = ("vae", "base", "lora", "clip", "classifier")
 
@@ -52,6 +54,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distractor-share", type=float, default=LORA_DISTRACTOR_SHARE,
                         help="lora stage: share of the training views that also hold one or two other objects, "
                              f"named in the caption (default: {LORA_DISTRACTOR_SHARE:g}, the committed world's)")
+    parser.add_argument("--distractors", choices=DISTRACTOR_KINDS, default=LORA_DISTRACTORS,
+                        help="lora stage: which other objects: differ (the concept's shape or its colour differs) "
+                             "or disjoint (neither its shape nor its colour is the concept's) "
+                             f"(default: {LORA_DISTRACTORS}, the committed world's)")
 
 
 def add_gates_arguments(parser: argparse.ArgumentParser) -> None:

@@ -37,6 +37,7 @@ from toytrain import (
     GROUNDING_TRAINS,
     LORA_DIR,
     LORA_DISTRACTOR_SHARE,
+    LORA_DISTRACTORS,
     LORA_GROUNDING_TRAINS,
     LORA_GROUNDING_WEIGHT,
 )
@@ -112,12 +113,13 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
                   views: int = 400, steps: int = 800, batch: int = 32, checkpoints: Path | None = None,
                   save_every: int = 100, grounding_weight: float = LORA_GROUNDING_WEIGHT,
                   grounding_trains: str = LORA_GROUNDING_TRAINS,
-                  distractor_share: float = LORA_DISTRACTOR_SHARE) -> Path:
+                  distractor_share: float = LORA_DISTRACTOR_SHARE, distractors: str = LORA_DISTRACTORS) -> Path:
     """Train one concept's ED-LoRA and write ``<out>/<id>.safetensors``.
 
-    ``distractor_share``: the share of views that also hold other objects, named in the caption
-    (:func:`toyworld.concepts.sample_concept_view`). ``grounding_trains``: what the grounding loss moves, one of
-    :data:`toytrain.GROUNDING_TRAINS` (``"text"``: the token embeddings and the text encoder's LoRA only).
+    ``distractor_share``: the share of views that also hold other objects, named in the caption, and
+    ``distractors`` which ones (:func:`toyworld.concepts.sample_concept_view`). ``grounding_trains``: what the
+    grounding loss moves, one of :data:`toytrain.GROUNDING_TRAINS` (``"text"``: the token embeddings and the text
+    encoder's LoRA only).
 
     Resumable (:class:`toytrain.common.ResumableLoop`): token embeddings, LoRA weights, optimizer and random
     generator are saved to ``checkpoints`` every ``save_every`` steps.
@@ -131,7 +133,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     for module in (unet, text_encoder, vae):
         module.requires_grad_(False)
     rng = np.random.default_rng(seed)
-    samples = [sample_concept_view(rng, concept, distractor_share) for _ in range(views)]
+    samples = [sample_concept_view(rng, concept, distractor_share, distractors) for _ in range(views)]
     pixels = torch.from_numpy(np.stack([np.asarray(render(objects, bg)) for objects, bg, _ in samples]))
     boxes = torch.tensor([objects[0].box for objects, _, _ in samples], dtype=torch.float32)
     means, stds = encode_latents(vae, pixels.permute(0, 3, 1, 2).contiguous())
@@ -167,6 +169,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     recipe = f"-grounding{grounding_weight:g}" if grounding_weight else ""
     recipe += "-text" if grounding_weight and grounding_trains == "text" else ""
     recipe += f"-distractors{distractor_share:g}" if distractor_share else ""
+    recipe += f"-{distractors}" if distractor_share and distractors != "differ" else ""
     folder = checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}-base{base}{recipe}")
     loop = ResumableLoop(f"lora-{concept.id}", folder, log, gen, parts={"optimizer": opt}, tensors=trainable,
                          every=save_every, started=start)
@@ -220,8 +223,9 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     write_edlora(path, tokens, text_encoder, unet, {"concept": concept.id})
     loop.finish()
     trains = {"grounding_trains": grounding_trains} if grounding_weight else {}
+    kind = {"distractors": distractors} if distractor_share else {}
     log.event(f"lora-{concept.id}-done", steps=steps, grounding_weight=grounding_weight, **trains,
-              distractor_share=distractor_share,
+              distractor_share=distractor_share, **kind,
               seconds=round(loop.seconds(), 1))
     return path
 
@@ -229,7 +233,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
 def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
                 concepts: list[str] | None = None, lora_dir: Path | None = None,
                 grounding_weight: float = LORA_GROUNDING_WEIGHT, grounding_trains: str = LORA_GROUNDING_TRAINS,
-                distractor_share: float = LORA_DISTRACTOR_SHARE) -> None:
+                distractor_share: float = LORA_DISTRACTOR_SHARE, distractors: str = LORA_DISTRACTORS) -> None:
     """Train every (or the named) concept's ED-LoRA; LoRAs go to the toy dataset's ``loras`` folder."""
     target = lora_dir or (LORA_DIR if out_dir.resolve() == WEIGHTS_DIR.resolve() else out_dir / "loras")
     for concept_id in concepts or list(CONCEPTS):
@@ -239,4 +243,5 @@ def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
         number = list(CONCEPTS).index(concept_id)
         train_concept(CONCEPTS[concept_id], target, seed=seed + number, log=log, weights=out_dir,
                       steps=max(4, int(800 * scale)), grounding_weight=grounding_weight,
-                      grounding_trains=grounding_trains, distractor_share=distractor_share)
+                      grounding_trains=grounding_trains, distractor_share=distractor_share,
+                      distractors=distractors)

@@ -77,27 +77,40 @@ def sample_concept_image(rng: np.random.Generator, concept: ToyConcept) -> tuple
     )
 
 
-def other_object(rng: np.random.Generator, concept: ToyConcept, cx: float, cy: float, radius: float) -> ToyObject:
-    """An upright object of random kind that is not the concept: its shape or its colour differs."""
+# which other objects an ED-LoRA view may hold beside its concept: "differ" (its shape or its colour differs
+# from the concept's) or "disjoint" (neither its shape nor its colour is the concept's)
+DISTRACTOR_KINDS = ("differ", "disjoint")
+
+
+def other_object(rng: np.random.Generator, concept: ToyConcept, cx: float, cy: float, radius: float,
+                 kind: str = "differ") -> ToyObject:
+    """An upright object of random kind that is not the concept, as ``kind`` (:data:`DISTRACTOR_KINDS`) says."""
     while True:
         obj = random_object(rng, cx, cy, radius, max_rotation=0.0)
-        if (obj.shape, obj.colour) != (concept.shape, concept.colour):
+        shares_shape, shares_colour = obj.shape == concept.shape, obj.colour == concept.colour
+        if kind == "differ" and not (shares_shape and shares_colour):
+            return obj
+        if kind == "disjoint" and not (shares_shape or shares_colour):
             return obj
 
 
-def sample_concept_view(rng: np.random.Generator, concept: ToyConcept, distractor_share: float = 0.0
-                        ) -> tuple[list[ToyObject], str, str]:
+def sample_concept_view(rng: np.random.Generator, concept: ToyConcept, distractor_share: float = 0.0,
+                        distractors: str = "differ") -> tuple[list[ToyObject], str, str]:
     """One ED-LoRA training view: the concept first, its background and caption.
 
     With probability ``distractor_share`` the view also holds one or two other objects, named in the caption
     behind the concept's tokens ('a <ruby1> <ruby2> and a green dotted square on a beach'), as photos of a concept
     hold other things; otherwise it is :func:`sample_concept_image`'s view. At 0 no extra random number is
-    drawn, so a seed gives the views it gives without the option.
+    drawn, so a seed gives the views it gives without the option. ``distractors``: which other objects
+    (:data:`DISTRACTOR_KINDS`).
     """
+    if distractors not in DISTRACTOR_KINDS:
+        raise ValueError(f"distractors: expected one of {DISTRACTOR_KINDS}, got {distractors!r}")
     if not distractor_share or rng.random() >= distractor_share:
         obj, background, caption = sample_concept_image(rng, concept)
         return [obj], background, caption
     (cx, cy, radius), *places = place_objects(rng, 1 + int(rng.integers(1, 3)), UPRIGHT)
-    objects = [concept.instance(rng, cx, cy, radius), *(other_object(rng, concept, *place) for place in places)]
+    others = (other_object(rng, concept, *place, distractors) for place in places)
+    objects = [concept.instance(rng, cx, cy, radius), *others]
     background, named = sample_background(rng)
     return objects, background, concept_caption(concept, background if named else None, tuple(objects[1:]))
