@@ -77,20 +77,18 @@ def sample_concept_image(rng: np.random.Generator, concept: ToyConcept) -> tuple
     )
 
 
-# which other objects an ED-LoRA view may hold beside its concept: "differ" (its shape or its colour differs
-# from the concept's) or "disjoint" (neither its shape nor its colour is the concept's)
-DISTRACTOR_KINDS = ("differ", "disjoint")
+# which other objects an ED-LoRA view may hold beside its concept, by how many of the concept's shape and colour
+# they may share: "differ" one of the two, "disjoint" neither
+DISTRACTOR_KINDS = {"differ": 1, "disjoint": 0}
 
 
 def other_object(rng: np.random.Generator, concept: ToyConcept, cx: float, cy: float, radius: float,
                  kind: str = "differ") -> ToyObject:
     """An upright object of random kind that is not the concept, as ``kind`` (:data:`DISTRACTOR_KINDS`) says."""
+    shared_at_most = DISTRACTOR_KINDS[kind]
     while True:
         obj = random_object(rng, cx, cy, radius, max_rotation=0.0)
-        shares_shape, shares_colour = obj.shape == concept.shape, obj.colour == concept.colour
-        if kind == "differ" and not (shares_shape and shares_colour):
-            return obj
-        if kind == "disjoint" and not (shares_shape or shares_colour):
+        if (obj.shape == concept.shape) + (obj.colour == concept.colour) <= shared_at_most:
             return obj
 
 
@@ -105,7 +103,7 @@ def sample_concept_view(rng: np.random.Generator, concept: ToyConcept, distracto
     (:data:`DISTRACTOR_KINDS`).
     """
     if distractors not in DISTRACTOR_KINDS:
-        raise ValueError(f"distractors: expected one of {DISTRACTOR_KINDS}, got {distractors!r}")
+        raise ValueError(f"distractors: expected one of {tuple(DISTRACTOR_KINDS)}, got {distractors!r}")
     if not distractor_share or rng.random() >= distractor_share:
         obj, background, caption = sample_concept_image(rng, concept)
         return [obj], background, caption
