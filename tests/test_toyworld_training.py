@@ -251,23 +251,69 @@ def test_a_lora_checkpoint_belongs_to_the_base_it_was_trained_on(monkeypatch, tm
         lora.train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=2, steps=1,
                            batch=1, grounding_weight=0.0, distractor_share=0.5, distractors="disjoint")
     assert disjoint.value.args[0].name == f"{stopped.value.args[0].name}-distractors0.5-disjoint"
+    with pytest.raises(Opened) as cross:
+        lora.train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=2, steps=1,
+                           batch=1, grounding_weight=0.0, distractor_share=0.0, unet_targets="cross-kvo")
+    assert cross.value.args[0].name == f"{stopped.value.args[0].name}-unet-cross-kvo"
 
 
 def test_the_lora_stage_passes_its_grounding_weight_and_distractor_share_to_every_concept(monkeypatch, tmp_path):
-    """`--grounding-weight`, `--grounding-trains`, `--distractor-share` and `--distractors` reach every concept the
-    stage trains; without them, the committed recipe's values."""
-    from toytrain import LORA_DISTRACTOR_SHARE, LORA_DISTRACTORS, LORA_GROUNDING_TRAINS, LORA_GROUNDING_WEIGHT, lora
+    """`--grounding-weight`, `--grounding-trains`, `--distractor-share`, `--distractors` and `--unet-targets` reach
+    every concept the stage trains; without them, the committed recipe's values."""
+    from toytrain import (
+        LORA_DISTRACTOR_SHARE,
+        LORA_DISTRACTORS,
+        LORA_GROUNDING_TRAINS,
+        LORA_GROUNDING_WEIGHT,
+        LORA_UNET_TARGETS,
+        lora,
+    )
     from toytrain.cli import main
 
-    options: list[tuple[float, str, float, str]] = []
+    options: list[tuple[float, str, float, str, str]] = []
     monkeypatch.setattr(lora, "train_concept",
-                        lambda *a, grounding_weight, grounding_trains, distractor_share, distractors, **k:
-                        options.append((grounding_weight, grounding_trains, distractor_share, distractors)))
+                        lambda *a, grounding_weight, grounding_trains, distractor_share, distractors, unet_targets, **k:
+                        options.append((grounding_weight, grounding_trains, distractor_share, distractors,
+                                        unet_targets)))
     main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "ruby,jade", "--grounding-weight", "0.3",
-          "--grounding-trains", "text", "--distractor-share", "0.25", "--distractors", "disjoint"])
+          "--grounding-trains", "text", "--distractor-share", "0.25", "--distractors", "disjoint",
+          "--unet-targets", "cross-kvo"])
     main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "amber"])
-    assert options == [(0.3, "text", 0.25, "disjoint"), (0.3, "text", 0.25, "disjoint"),
-                       (LORA_GROUNDING_WEIGHT, LORA_GROUNDING_TRAINS, LORA_DISTRACTOR_SHARE, LORA_DISTRACTORS)]
+    assert options == [(0.3, "text", 0.25, "disjoint", "cross-kvo"), (0.3, "text", 0.25, "disjoint", "cross-kvo"),
+                       (LORA_GROUNDING_WEIGHT, LORA_GROUNDING_TRAINS, LORA_DISTRACTOR_SHARE, LORA_DISTRACTORS,
+                        LORA_UNET_TARGETS)]
+
+
+def test_unknown_unet_targets_are_refused_before_any_training(tmp_path):
+    """An unknown `unet_targets` raises one ValueError naming the expected values."""
+    from toytrain.common import TrainLog
+    from toytrain.lora import train_concept
+
+    with pytest.raises(ValueError, match=r"unet_targets: expected one of \('all', 'cross-kvo'\), got 'attn1'"):
+        train_concept(CONCEPTS["ruby"], tmp_path, seed=0, log=TrainLog(tmp_path), weights=None,
+                      unet_targets="attn1")
+
+
+def test_a_cross_kvo_lora_holds_exactly_what_lora_composers_regions_read(one_thread, tmp_path):
+    """`unet_targets="cross-kvo"` writes UNet deltas on every cross-attention layer's key, value and output
+    projection and nowhere else: the deltas LoRA-Composer's region injection reads (`regions.sources.ConceptDeltas`),
+    none of the ones it leaves unread (attn1, to_q); the file loads and fits the toy UNet as the bench loads it."""
+    from bench.layers import cross_attention_layers
+    from regions.sources import ConceptDeltas
+    from toytrain.common import TrainLog
+    from toytrain.lora import train_concept
+
+    path = train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=4, steps=1,
+                         batch=1, checkpoints=tmp_path / "ck", distractor_share=0.0, unet_targets="cross-kvo")
+    pipe = load_toy_pipeline()
+    lora = load_lora(path)
+    check_lora_fits(lora, pipe.unet, pipe.text_encoder)
+    layers = cross_attention_layers(pipe.unet)
+    read = {f"{layer}.{projection}" for layer in layers for projection in ("to_k", "to_v", "to_out.0")}
+    assert set(lora.unet) == read
+    assert all(delta is not None for layer in layers for projection in ("to_k", "to_v", "to_out.0")
+               for delta in ConceptDeltas([lora]).deltas(layer, projection))
+    assert lora.text_encoder and set(lora.token_embeddings) == set(CONCEPTS["ruby"].tokens)
 
 
 def _first_step_gradients(monkeypatch, tmp_path, **recipe) -> list[torch.Tensor]:

@@ -157,7 +157,13 @@ def test_the_committed_base_is_the_training_scripts_three_base_stages():
 def test_the_committed_loras_were_trained_with_the_lora_stages_default_recipe():
     """The last `lora` run of every concept in the committed log used the stage's defaults (the recipe that
     `scripts/train_toyworld.sh` runs), after the last base run, and wrote the file the toy dataset reads."""
-    from toytrain import LORA_DISTRACTOR_SHARE, LORA_DISTRACTORS, LORA_GROUNDING_TRAINS, LORA_GROUNDING_WEIGHT
+    from toytrain import (
+        LORA_DISTRACTOR_SHARE,
+        LORA_DISTRACTORS,
+        LORA_GROUNDING_TRAINS,
+        LORA_GROUNDING_WEIGHT,
+        LORA_UNET_TARGETS,
+    )
 
     trains = LORA_GROUNDING_TRAINS if LORA_GROUNDING_WEIGHT else None  # logged only for a grounded run
     distractors = LORA_DISTRACTORS if LORA_DISTRACTOR_SHARE else None  # logged only with other objects
@@ -171,4 +177,5 @@ def test_the_committed_loras_were_trained_with_the_lora_stages_default_recipe():
         kind = event.get("distractors", "differ") if event.get("distractor_share") else None
         assert (event["grounding_weight"], event.get("grounding_trains"), event.get("distractor_share", 0.0),
                 kind) == (LORA_GROUNDING_WEIGHT, trains, LORA_DISTRACTOR_SHARE, distractors), concept
+        assert event.get("unet_targets", "all") == LORA_UNET_TARGETS, concept  # logged only when not "all"
         assert (LORA_DIR / f"{concept}.safetensors").is_file()

@@ -18,3 +18,7 @@ LORA_GROUNDING_TRAINS = "all"
 LORA_DISTRACTOR_SHARE = 0.5
 # which other objects those views hold (toyworld.concepts.DISTRACTOR_KINDS)
 LORA_DISTRACTORS = "differ"
+# which UNet projections the ED-LoRA stage trains (toytrain.lora.UNET_TARGET_SETS): "all" (every attention
+# projection, as Mix-of-Show trains them) or "cross-kvo" (the cross-attention key, value and output projections only)
+UNET_TARGET_CHOICES = ("all", "cross-kvo")
+LORA_UNET_TARGETS = "all"

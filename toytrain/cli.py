@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         train_loras(args.out, seed=args.seed, log=log, scale=args.scale,
                     concepts=args.concepts.split(",") if args.concepts else None,
                     grounding_weight=args.grounding_weight, grounding_trains=args.grounding_trains,
-                    distractor_share=args.distractor_share, distractors=args.distractors)
+                    distractor_share=args.distractor_share, distractors=args.distractors,
+                    unet_targets=args.unet_targets)
     elif args.stage == "clip":
         from toytrain.clip import train_clip
 

@@ -40,6 +40,8 @@ from toytrain import (
     LORA_DISTRACTORS,
     LORA_GROUNDING_TRAINS,
     LORA_GROUNDING_WEIGHT,
+    LORA_UNET_TARGETS,
+    UNET_TARGET_CHOICES,
 )
 from toytrain.base import GroundingProcessor, encode_latents, grounding_loss, install_grounding
 from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, diffusion_target, lr_at, seed_everything
@@ -49,6 +51,12 @@ from toyworld.world import render
 
 RANK = 4
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# peft target_modules per --unet-targets choice: a list matches name suffixes, a string is a full-name regex
+UNET_TARGET_SETS: dict[str, list[str] | str] = {
+    "all": UNET_TARGETS,
+    # what LoRA-Composer's region injection reads of a concept's UNet LoRA (base W_q, no attn1 delta)
+    "cross-kvo": r".*\.attn2\.(to_k|to_v|to_out\.0)",
+}
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
@@ -113,19 +121,22 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
                   views: int = 400, steps: int = 800, batch: int = 32, checkpoints: Path | None = None,
                   save_every: int = 100, grounding_weight: float = LORA_GROUNDING_WEIGHT,
                   grounding_trains: str = LORA_GROUNDING_TRAINS,
-                  distractor_share: float = LORA_DISTRACTOR_SHARE, distractors: str = LORA_DISTRACTORS) -> Path:
+                  distractor_share: float = LORA_DISTRACTOR_SHARE, distractors: str = LORA_DISTRACTORS,
+                  unet_targets: str = LORA_UNET_TARGETS) -> Path:
     """Train one concept's ED-LoRA and write ``<out>/<id>.safetensors``.
 
     ``distractor_share``: the share of views that also hold other objects, named in the caption, and
     ``distractors`` which ones (:func:`toyworld.concepts.sample_concept_view`). ``grounding_trains``: what the
     grounding loss moves, one of :data:`toytrain.GROUNDING_TRAINS` (``"text"``: the token embeddings and the text
-    encoder's LoRA only).
+    encoder's LoRA only). ``unet_targets``: which UNet projections get a LoRA, a key of :data:`UNET_TARGET_SETS`.
 
     Resumable (:class:`toytrain.common.ResumableLoop`): token embeddings, LoRA weights, optimizer and random
     generator are saved to ``checkpoints`` every ``save_every`` steps.
     """
     if grounding_trains not in GROUNDING_TRAINS:
         raise ValueError(f"grounding_trains: expected one of {GROUNDING_TRAINS}, got {grounding_trains!r}")
+    if unet_targets not in UNET_TARGET_CHOICES:
+        raise ValueError(f"unet_targets: expected one of {UNET_TARGET_CHOICES}, got {unet_targets!r}")
     seed_everything(seed)
     start = time.time()
     pipe = load_toy_pipeline(weights)
@@ -153,7 +164,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     embeddings = torch.nn.Parameter(torch.stack([first, second], dim=1))  # [layers, 2, D]
 
     base = base_digest(unet, text_encoder)
-    inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=UNET_TARGETS), unet)
+    inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=UNET_TARGET_SETS[unet_targets]), unet)
     inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=TEXT_TARGETS), text_encoder)
     unet_lora = [p for n, p in unet.named_parameters() if "lora_" in n]
     text_lora = [p for n, p in text_encoder.named_parameters() if "lora_" in n]
@@ -170,6 +181,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     recipe += "-text" if grounding_weight and grounding_trains == "text" else ""
     recipe += f"-distractors{distractor_share:g}" if distractor_share else ""
     recipe += f"-{distractors}" if distractor_share and distractors != "differ" else ""
+    recipe += f"-unet-{unet_targets}" if unet_targets != "all" else ""
     folder = checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}-base{base}{recipe}")
     loop = ResumableLoop(f"lora-{concept.id}", folder, log, gen, parts={"optimizer": opt}, tensors=trainable,
                          every=save_every, started=start)
@@ -224,8 +236,9 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     loop.finish()
     trains = {"grounding_trains": grounding_trains} if grounding_weight else {}
     kind = {"distractors": distractors} if distractor_share else {}
+    targets = {"unet_targets": unet_targets} if unet_targets != "all" else {}
     log.event(f"lora-{concept.id}-done", steps=steps, grounding_weight=grounding_weight, **trains,
-              distractor_share=distractor_share, **kind,
+              distractor_share=distractor_share, **kind, **targets,
               seconds=round(loop.seconds(), 1))
     return path
 
@@ -233,7 +246,8 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
 def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
                 concepts: list[str] | None = None, lora_dir: Path | None = None,
                 grounding_weight: float = LORA_GROUNDING_WEIGHT, grounding_trains: str = LORA_GROUNDING_TRAINS,
-                distractor_share: float = LORA_DISTRACTOR_SHARE, distractors: str = LORA_DISTRACTORS) -> None:
+                distractor_share: float = LORA_DISTRACTOR_SHARE, distractors: str = LORA_DISTRACTORS,
+                unet_targets: str = LORA_UNET_TARGETS) -> None:
     """Train every (or the named) concept's ED-LoRA; LoRAs go to the toy dataset's ``loras`` folder."""
     target = lora_dir or (LORA_DIR if out_dir.resolve() == WEIGHTS_DIR.resolve() else out_dir / "loras")
     for concept_id in concepts or list(CONCEPTS):
@@ -244,4 +258,4 @@ def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
         train_concept(CONCEPTS[concept_id], target, seed=seed + number, log=log, weights=out_dir,
                       steps=max(4, int(800 * scale)), grounding_weight=grounding_weight,
                       grounding_trains=grounding_trains, distractor_share=distractor_share,
-                      distractors=distractors)
+                      distractors=distractors, unet_targets=unet_targets)
