@@ -286,9 +286,11 @@ def test_the_lora_stage_passes_its_grounding_weight_and_distractor_share_to_ever
 
 def test_unknown_unet_targets_are_refused_before_any_training(tmp_path):
     """An unknown `unet_targets` raises one ValueError naming the expected values."""
+    from toytrain import UNET_TARGET_CHOICES
     from toytrain.common import TrainLog
-    from toytrain.lora import train_concept
+    from toytrain.lora import UNET_TARGET_SETS, train_concept
 
+    assert tuple(UNET_TARGET_SETS) == UNET_TARGET_CHOICES  # the CLI's choices are the sets the stage knows
     with pytest.raises(ValueError, match=r"unet_targets: expected one of \('all', 'cross-kvo'\), got 'attn1'"):
         train_concept(CONCEPTS["ruby"], tmp_path, seed=0, log=TrainLog(tmp_path), weights=None,
                       unet_targets="attn1")

@@ -3,7 +3,8 @@
 Per concept: two new tokens with layer-wise embeddings (one row per cross-attention layer; the
 first initialized at random with std 0.013, the second from the class word, as Mix-of-Show's
 ``<rand-0.013>+class`` initializer), plus rank-4 LoRAs on the text encoder's self-attention and on
-every UNet attention projection. The base model stays frozen. The result is written in Mix-of-Show's
+every UNet attention projection (``unet_targets="cross-kvo"``: the cross-attention key, value and output
+projections only). The base model stays frozen. The result is written in Mix-of-Show's
 ED-LoRA layout (``params.new_concept_embedding / text_encoder / unet``), the format the bench loads.
 
 With ``grounding_weight`` > 0 the concept tokens' cross-attention is also pulled into the object's box, the
