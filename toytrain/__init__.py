@@ -18,7 +18,12 @@ LORA_GROUNDING_TRAINS = "all"
 LORA_DISTRACTOR_SHARE = 0.5
 # which other objects those views hold (toyworld.concepts.DISTRACTOR_KINDS)
 LORA_DISTRACTORS = "differ"
-# which UNet projections the ED-LoRA stage trains (toytrain.lora.UNET_TARGET_SETS): "all" (every attention
-# projection, as Mix-of-Show trains them) or "cross-kvo" (the cross-attention key, value and output projections only)
-UNET_TARGET_CHOICES = ("all", "cross-kvo")
+# which UNet projections the ED-LoRA stage trains, as peft target_modules (a list matches name suffixes, a string
+# is a full-name regex): "all" every attention projection, as Mix-of-Show trains them; "cross-kvo" the
+# cross-attention key, value and output projections only, what LoRA-Composer's region injection reads of a
+# concept's UNet LoRA (base W_q, no attn1 delta)
+UNET_TARGET_SETS: dict[str, list[str] | str] = {
+    "all": ["to_q", "to_k", "to_v", "to_out.0"],
+    "cross-kvo": r".*\.attn2\.(to_k|to_v|to_out\.0)",
+}
 LORA_UNET_TARGETS = "all"

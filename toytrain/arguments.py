@@ -13,7 +13,7 @@ from toytrain import (
     LORA_GROUNDING_TRAINS,
     LORA_GROUNDING_WEIGHT,
     LORA_UNET_TARGETS,
-    UNET_TARGET_CHOICES,
+    UNET_TARGET_SETS,
 )
 from toyworld import SCHEDULE_NAMES, UNET_SIZE_NAMES, WEIGHTS_DIR
 from toyworld.concepts import DISTRACTOR_KINDS
@@ -60,7 +60,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lora stage: which other objects: differ (the concept's shape or its colour differs) "
                              "or disjoint (neither its shape nor its colour is the concept's) "
                              f"(default: {LORA_DISTRACTORS}, the committed world's)")
-    parser.add_argument("--unet-targets", choices=UNET_TARGET_CHOICES, default=LORA_UNET_TARGETS,
+    parser.add_argument("--unet-targets", choices=UNET_TARGET_SETS, default=LORA_UNET_TARGETS,
                         help="lora stage: which UNet projections get a LoRA: all (every attention projection, as "
                              "Mix-of-Show trains ED-LoRAs) or cross-kvo (the cross-attention key, value and output "
                              "projections only, the ones LoRA-Composer's region injection reads) "

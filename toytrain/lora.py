@@ -42,7 +42,7 @@ from toytrain import (
     LORA_GROUNDING_TRAINS,
     LORA_GROUNDING_WEIGHT,
     LORA_UNET_TARGETS,
-    UNET_TARGET_CHOICES,
+    UNET_TARGET_SETS,
 )
 from toytrain.base import GroundingProcessor, encode_latents, grounding_loss, install_grounding
 from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, diffusion_target, lr_at, seed_everything
@@ -51,13 +51,7 @@ from toyworld.models import WEIGHTS_DIR, load_toy_pipeline
 from toyworld.world import render
 
 RANK = 4
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-# peft target_modules per --unet-targets choice: a list matches name suffixes, a string is a full-name regex
-UNET_TARGET_SETS: dict[str, list[str] | str] = {
-    "all": UNET_TARGETS,
-    # what LoRA-Composer's region injection reads of a concept's UNet LoRA (base W_q, no attn1 delta)
-    "cross-kvo": r".*\.attn2\.(to_k|to_v|to_out\.0)",
-}
+UNET_TARGETS = UNET_TARGET_SETS["all"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
@@ -129,15 +123,16 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     ``distractor_share``: the share of views that also hold other objects, named in the caption, and
     ``distractors`` which ones (:func:`toyworld.concepts.sample_concept_view`). ``grounding_trains``: what the
     grounding loss moves, one of :data:`toytrain.GROUNDING_TRAINS` (``"text"``: the token embeddings and the text
-    encoder's LoRA only). ``unet_targets``: which UNet projections get a LoRA, a key of :data:`UNET_TARGET_SETS`.
+    encoder's LoRA only). ``unet_targets``: which UNet projections get a LoRA, a key of
+    :data:`toytrain.UNET_TARGET_SETS`.
 
     Resumable (:class:`toytrain.common.ResumableLoop`): token embeddings, LoRA weights, optimizer and random
     generator are saved to ``checkpoints`` every ``save_every`` steps.
     """
     if grounding_trains not in GROUNDING_TRAINS:
         raise ValueError(f"grounding_trains: expected one of {GROUNDING_TRAINS}, got {grounding_trains!r}")
-    if unet_targets not in UNET_TARGET_CHOICES:
-        raise ValueError(f"unet_targets: expected one of {UNET_TARGET_CHOICES}, got {unet_targets!r}")
+    if unet_targets not in UNET_TARGET_SETS:
+        raise ValueError(f"unet_targets: expected one of {tuple(UNET_TARGET_SETS)}, got {unet_targets!r}")
     seed_everything(seed)
     start = time.time()
     pipe = load_toy_pipeline(weights)
