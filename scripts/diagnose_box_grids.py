@@ -14,25 +14,25 @@ grids as upstream, then scores the run with ``--no-calibrate``. It changes no de
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.boxes import Box
+from bench.boxes import Box, box_to_grid
+from reports.aggregate import image_scores
 from reports.load import load_scores
 
 
 def rounded_below(limit: int) -> Callable[[Box, int, int], tuple[int, int, int, int]]:
     """``box_to_grid`` that rounds both edges on grids at most ``limit`` cells high, and is upstream's above."""
 
-    def box_to_grid(box: Box, grid_h: int, grid_w: int) -> tuple[int, int, int, int]:
-        x0, y0, x1, y1 = box
+    def rounded_box_to_grid(box: Box, grid_h: int, grid_w: int) -> tuple[int, int, int, int]:
         if grid_h > limit:
-            return (math.ceil(y0 * grid_h), math.floor(y1 * grid_h), math.ceil(x0 * grid_w), math.floor(x1 * grid_w))
+            return box_to_grid(box, grid_h, grid_w)
+        x0, y0, x1, y1 = box
         return (round(y0 * grid_h), round(y1 * grid_h), round(x0 * grid_w), round(x1 * grid_w))
 
-    return box_to_grid
+    return rounded_box_to_grid
 
 
 @contextmanager
@@ -68,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     scores = load_scores([args.out])
     for metric in args.metrics.split(","):
-        rows = scores[(scores["metric"] == metric) & (scores["method"] == args.method)]
-        image_means = rows.groupby(["scene", "index"])["value"].mean()
-        print(f"{metric}: image mean {image_means.mean():.4f} over {len(image_means)} images")
+        images = image_scores(scores[scores["method"] == args.method], metric)
+        print(f"{metric}: image mean {images['value'].mean():.4f} over {len(images)} images")
     return 0
 
 
