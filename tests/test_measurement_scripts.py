@@ -71,3 +71,32 @@ def test_text_encoder_diagnosis_compares_each_word_with_the_others_under_the_sam
     outputs["blue", "square"] = (diagonal, e2)
     half_diagonal = round(0.5**0.5 / 2, 3)  # cos 0 after circle, cos 45 degrees after square
     assert diagnosis.mean_cosines(outputs, ("red", "blue"), ("circle", "square"), 0) == {"red/blue": half_diagonal}
+
+
+def test_object_count_diagnosis_counts_separate_renders_and_names_objects_as_training_captions_do() -> None:
+    """Renders of 1-4 separate objects are counted exactly on every plain background; two objects that touch
+    count as one; the prompts are the shape-only training captions of the first N shapes."""
+    import numpy as np
+
+    from toyworld.world import PLAIN_BACKGROUNDS, UPRIGHT, ToyObject, place_objects, render
+
+    diagnosis = _script("diagnose_object_count")
+    rng = np.random.default_rng(0)
+    for background in PLAIN_BACKGROUNDS:
+        for count in range(1, 5):
+            places = place_objects(rng, count, UPRIGHT)
+            objects = [ToyObject("square", "blue", "solid", cx, cy, r) for cx, cy, r in places]
+            assert diagnosis.count_objects(render(objects, background)) == count
+    touching = [ToyObject("square", "red", "solid", 20.0, 32.0, 10.0), ToyObject("circle", "blue", "solid", 38.0,
+                                                                                32.0, 10.0)]
+    assert diagnosis.count_objects(render(touching, "white")) == 1
+    assert diagnosis.class_word_prompt(1, "gray") == "a circle on a gray background"
+    assert diagnosis.class_word_prompt(4, "black") == "a circle, a square, a triangle and a cross on a black background"
+
+
+def test_object_count_diagnosis_prints_one_row_per_number_of_named_objects(capsys) -> None:
+    diagnosis = _script("diagnose_object_count")
+    assert diagnosis.main(["--seeds", "1", "--steps", "2", "--threads", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 2", "| 3", "| 4"]
+    assert all(sum(int(cell) for cell in row.strip(" |").split(" | ")[2:]) == 1 for row in rows)

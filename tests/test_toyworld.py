@@ -34,7 +34,7 @@ from toyworld.models import (
     unet_metadata,
     weights_path,
 )
-from toyworld.world import COLOURS, PLAIN_BACKGROUNDS, ToyObject, render, sample_image
+from toyworld.world import COLOURS, PLAIN_BACKGROUNDS, UPRIGHT, ToyObject, render, sample_image
 
 
 def test_generation_is_deterministic_per_seed():
@@ -75,6 +75,27 @@ def test_shape_only_captions_name_each_object_by_its_shape_and_point_at_it():
         words = item.caption.split(" ")
         for index, obj in enumerate(item.objects):
             assert [words[w].rstrip(",") for w, o in item.word_objects.items() if o == index] == [obj.shape]
+
+
+def test_four_object_images_name_and_ground_every_object_and_three_stays_the_default_draw():
+    """``max_objects=4``: about a fifth of the images hold four objects, every object is named in the caption
+    and gets a grounding slot; the default draws exactly what ``max_objects=3`` draws."""
+    tokenizer = build_clip_tokenizer()
+    items = [sample_image(np.random.default_rng(seed), UPRIGHT, 0.3, max_objects=4) for seed in range(300)]
+    counts = np.bincount([len(item.objects) for item in items], minlength=5)
+    assert counts[0] == 0 and 40 <= counts[4] <= 80
+    four = [item for item in items if len(item.objects) == 4]
+    positions, boxes = grounding_targets(tokenizer, four)
+    for item, slots, slot_boxes in zip(four, positions, boxes, strict=True):
+        assert len(set(item.word_objects.values())) == 4
+        assert int((slots >= 0).sum()) == len(item.word_objects)
+        named = {tuple(box.tolist()) for box, slot in zip(slot_boxes, slots, strict=True) if slot >= 0}
+        assert named == {tuple(torch.tensor(obj.box).tolist()) for obj in item.objects}
+    default = sample_image(np.random.default_rng(7), UPRIGHT, 0.3)
+    three = sample_image(np.random.default_rng(7), UPRIGHT, 0.3, max_objects=3)
+    assert (default.caption, default.objects) == (three.caption, three.objects)
+    with pytest.raises(ValueError, match="max_objects: expected one of"):
+        sample_image(np.random.default_rng(0), max_objects=5)
 
 
 def test_concept_views_with_distractors_name_the_concept_first_and_no_other_object_is_it():

@@ -186,13 +186,14 @@ def test_a_warm_started_base_run_begins_at_the_given_worlds_weights(tmp_path):
     shutil.copy(WEIGHTS_DIR / "vae.safetensors", out / "vae.safetensors")
     log = TrainLog(tmp_path / "log")
     train_base(out, seed=1, log=log, images=128, steps=4, batch=4, peak_lr=1e-12, init_from=start,
-               checkpoints=tmp_path / "ck")
+               checkpoints=tmp_path / "ck", max_objects=4)
     for name in ("unet", "text_encoder"):
         given, written = load_file(str(start / f"{name}.safetensors")), load_file(str(out / f"{name}.safetensors"))
         assert given.keys() == written.keys()
         assert all(torch.equal(given[key], written[key]) for key in given), name
     done = [json.loads(line) for line in (tmp_path / "log" / "training.jsonl").read_text().splitlines()][-1]
-    assert done["warm_start"] == str(start)
+    assert done["warm_start"] == str(start) and done["max_objects"] == 4
+    assert [path.name for path in (tmp_path / "ck").glob("data-*")] == ["data-128-2-objects4.safetensors"]
 
 
 def test_a_warm_start_from_a_unet_of_another_size_names_the_file(tmp_path):
@@ -282,6 +283,21 @@ def test_the_lora_stage_passes_its_grounding_weight_and_distractor_share_to_ever
     assert options == [(0.3, "text", 0.25, "disjoint", "cross-kvo"), (0.3, "text", 0.25, "disjoint", "cross-kvo"),
                        (LORA_GROUNDING_WEIGHT, LORA_GROUNDING_TRAINS, LORA_DISTRACTOR_SHARE, LORA_DISTRACTORS,
                         LORA_UNET_TARGETS)]
+
+
+def test_the_base_stages_caption_and_object_options_reach_the_trainer(monkeypatch, tmp_path):
+    """`--shape-only-share` and `--max-objects` reach `train_base`; without them, the committed world's values."""
+    from toytrain import base
+    from toytrain.cli import main
+
+    options: list[tuple[float, int]] = []
+    monkeypatch.setattr(base, "train_base", lambda *a, shape_only_share, max_objects, **k:
+                        options.append((shape_only_share, max_objects)))
+    main(["base", "--out", str(tmp_path), "--threads", "1", "--shape-only-share", "0.3", "--max-objects", "4"])
+    main(["base", "--out", str(tmp_path), "--threads", "1"])
+    assert options == [(0.3, 4), (0.0, 3)]
+    with pytest.raises(SystemExit):
+        main(["base", "--out", str(tmp_path), "--max-objects", "5"])
 
 
 def test_unknown_unet_targets_are_refused_before_any_training(tmp_path):

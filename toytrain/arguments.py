@@ -17,6 +17,7 @@ from toytrain import (
 )
 from toyworld import SCHEDULE_NAMES, UNET_SIZE_NAMES, WEIGHTS_DIR
 from toyworld.concepts import DISTRACTOR_KINDS
+from toyworld.world import MAX_OBJECTS, OBJECT_COUNTS
 
 STAGES = ("vae", "base", "lora", "clip", "classifier")
 
@@ -46,6 +47,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="base stage: share of the training captions that name every object by its shape "
                              "alone ('a circle and a square on a beach'), as a layout's global prompt does "
                              "(default: 0, every object named with its colour)")
+    parser.add_argument("--max-objects", type=int, choices=sorted(OBJECT_COUNTS), default=MAX_OBJECTS,
+                        help=f"base stage: most objects in a training image (default: {MAX_OBJECTS}, the committed "
+                             "world's; 4: a fifth of the images hold four, as a four-region layout's global prompt "
+                             "names)")
     parser.add_argument("--grounding-weight", type=float, default=LORA_GROUNDING_WEIGHT,
                         help="lora stage: weight of the loss pulling the concept tokens' attention into the "
                              f"object's box (default: {LORA_GROUNDING_WEIGHT:g}, the committed world's; 0: none)")

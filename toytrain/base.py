@@ -48,9 +48,9 @@ from toyworld.models import (
     unet_metadata,
     weights_path,
 )
-from toyworld.world import COLOURS, SHAPES, SIZE, TEXTURES, UPRIGHT, ToyImage
+from toyworld.world import COLOURS, MAX_OBJECTS, SHAPES, SIZE, TEXTURES, UPRIGHT, ToyImage
 
-MAX_WORDS = 9  # three objects of up to three words
+MAX_WORDS = 12  # four objects of up to three words
 GROUNDING_WEIGHT = 0.05
 WORD_TEMPERATURE = 10.0
 CAPTION_DROPOUT = 0.1
@@ -205,14 +205,20 @@ def encode_latents(vae, pixels: torch.Tensor, batch: int = 256) -> tuple[torch.T
     return torch.cat(means), torch.cat(stds)
 
 
-def _training_data(folder: Path, weights: Path, images: int, seed: int, tokenizer, shape_only_share: float = 0.0
-                   ) -> dict[str, torch.Tensor]:
+def _data_suffix(shape_only_share: float, max_objects: int) -> str:
+    """What sets a training set apart from the committed world's first one, for file and folder names."""
+    return (f"-shapes{shape_only_share:g}" if shape_only_share else "") + (
+        f"-objects{max_objects}" if max_objects != MAX_OBJECTS else "")
+
+
+def _training_data(folder: Path, weights: Path, images: int, seed: int, tokenizer, shape_only_share: float = 0.0,
+                   max_objects: int = MAX_OBJECTS) -> dict[str, torch.Tensor]:
     """Latents, token ids and grounding targets of the training set, cached in the checkpoint folder."""
-    captions = f"-shapes{shape_only_share:g}" if shape_only_share else ""
-    path = folder / f"data-{images}-{seed}{captions}.safetensors"
+    path = folder / f"data-{images}-{seed}{_data_suffix(shape_only_share, max_objects)}.safetensors"
     if path.is_file():
         return load_file(str(path))
-    pixels, items = render_set(images, seed=seed, poses=UPRIGHT, shape_only_share=shape_only_share)
+    pixels, items = render_set(images, seed=seed, poses=UPRIGHT, shape_only_share=shape_only_share,
+                               max_objects=max_objects)
     means, stds = encode_latents(load_vae(weights).eval(), pixels)
     ids = tokenizer([item.caption for item in items], padding="max_length", max_length=77, truncation=True,
                     return_tensors="pt").input_ids
@@ -229,13 +235,14 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
                steps: int = 3800, batch: int = 64, peak_lr: float = 1e-3, ema_decay: float = 0.999,
                schedule: str = "zero-snr-v", word_weight: float = 0.1, unet_size: str = "small",
                checkpoints: Path | None = None, save_every: int = 100,
-               init_from: Path | None = None, shape_only_share: float = 0.0) -> None:
+               init_from: Path | None = None, shape_only_share: float = 0.0,
+               max_objects: int = MAX_OBJECTS) -> None:
     """Train and write ``unet.safetensors`` and ``text_encoder.safetensors`` (their EMA weights).
 
     ``init_from`` warm-starts the UNet and text encoder from a trained world's weights folder (the UNet's
     size is read from its file) and trains ``steps`` more steps on the same data with a fresh optimizer;
     the EMA copies start from the loaded weights. A ``shape_only_share`` of the training captions name their
-    objects by shape alone (:func:`toyworld.world.sample_image`).
+    objects by shape alone, and its images hold 1 to ``max_objects`` objects (:func:`toyworld.world.sample_image`).
 
     Resumable: the state is saved to ``checkpoints`` every ``save_every`` steps, and a run started again
     with the same arguments continues from there. EMA snapshots go to ``checkpoints/snapshot`` every
@@ -245,9 +252,8 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
     seed_everything(seed)
     steps, images = max(4, int(steps * scale)), max(128, int(images * scale))
     start_name = f"-from-{init_from.resolve().name}-lr{peak_lr:g}" if init_from else ""
-    captions = f"-shapes{shape_only_share:g}" if shape_only_share else ""
-    folder = checkpoints or checkpoint_dir(
-        f"base-{steps}-{unet_size}-{schedule}-words{word_weight:g}{start_name}{captions}")
+    folder = checkpoints or checkpoint_dir(f"base-{steps}-{unet_size}-{schedule}-words{word_weight:g}{start_name}"
+                                           f"{_data_suffix(shape_only_share, max_objects)}")
     start = time.time()
     tokenizer = build_clip_tokenizer()
     unet, text_encoder = build_unet(unet_size), build_text_encoder()
@@ -255,7 +261,7 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
         warm_start(unet, text_encoder, init_from, unet_size)
     unet.train()
     text_encoder.train()
-    data = _training_data(folder, out_dir, images, seed + 1, tokenizer, shape_only_share)
+    data = _training_data(folder, out_dir, images, seed + 1, tokenizer, shape_only_share, max_objects)
     means, stds, ids, positions, boxes = (data[k] for k in ("means", "stds", "ids", "positions", "boxes"))
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
     layers = dict(install_grounding(unet))
@@ -321,7 +327,8 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
     log.event("base-done", steps=steps, samples=steps * batch, ema_decay=ema_decay, schedule=schedule,
               word_weight=word_weight, unet=unet_size, seconds=round(loop.seconds(), 1),
               **({"warm_start": str(init_from), "peak_lr": peak_lr} if init_from else {}),
-              **({"shape_only_share": shape_only_share} if shape_only_share else {}))
+              **({"shape_only_share": shape_only_share} if shape_only_share else {}),
+              **({"max_objects": max_objects} if max_objects != MAX_OBJECTS else {}))
 
 
 def warm_start(unet: nn.Module, text_encoder: nn.Module, folder: Path, unet_size: str) -> None:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from toyworld.world import VARIED, Poses, ToyImage, sample_image
+from toyworld.world import MAX_OBJECTS, VARIED, Poses, ToyImage, sample_image
 
 
-def render_set(count: int, seed: int, poses: Poses = VARIED, shape_only_share: float = 0.0
-               ) -> tuple[torch.Tensor, list[ToyImage]]:
+def render_set(count: int, seed: int, poses: Poses = VARIED, shape_only_share: float = 0.0,
+               max_objects: int = MAX_OBJECTS) -> tuple[torch.Tensor, list[ToyImage]]:
     """``count`` random images as a uint8 ``[N, 3, 64, 64]`` tensor, plus their descriptions (images dropped);
-    ``shape_only_share`` as :func:`toyworld.world.sample_image`."""
+    ``shape_only_share`` and ``max_objects`` as :func:`toyworld.world.sample_image`."""
     rng = np.random.default_rng(seed)
     pixels = np.empty((count, 64, 64, 3), dtype=np.uint8)
     items: list[ToyImage] = []
     for i in range(count):
-        item = sample_image(rng, poses, shape_only_share)
+        item = sample_image(rng, poses, shape_only_share, max_objects)
         pixels[i] = np.asarray(item.image)
         item.image = None  # type: ignore[assignment]  # keep the metadata only; pixels live in the tensor
         items.append(item)

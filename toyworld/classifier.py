@@ -110,17 +110,24 @@ def border_colour(pixels: np.ndarray) -> np.ndarray:
     return np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]), axis=0)
 
 
-def foreground_box(image: Image.Image, threshold: int = 60) -> tuple[float, float, float, float] | None:
-    """Bounding box of the pixels that differ from the background (median of the border), or None.
+def foreground_mask(image: Image.Image, threshold: int = 60) -> np.ndarray:
+    """``[H, W]`` bool: the pixels that differ from the background (median of the border).
 
-    Used where no box is given (single-object samples): the background colour is the median of the
-    border pixels, foreground is a summed absolute RGB difference above ``threshold``, opened with a
-    3x3 window so that lines and specks under 3 px wide are not foreground (the toy VAE's decoder
-    brightens or darkens the image's outermost rows and columns on plain backgrounds).
+    Foreground is a summed absolute RGB difference above ``threshold``, opened with a 3x3 window so that
+    lines and specks under 3 px wide are not foreground (the toy VAE's decoder brightens or darkens the
+    image's outermost rows and columns on plain backgrounds).
     """
     pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
     raw = Image.fromarray(((np.abs(pixels - border_colour(pixels)).sum(-1) > threshold) * 255).astype(np.uint8))
-    mask = np.asarray(raw.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))) > 0
+    return np.asarray(raw.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))) > 0
+
+
+def foreground_box(image: Image.Image, threshold: int = 60) -> tuple[float, float, float, float] | None:
+    """Bounding box of :func:`foreground_mask`, or None when it holds under 12 pixels.
+
+    Used where no box is given (single-object samples).
+    """
+    mask = foreground_mask(image, threshold)
     if mask.sum() < 12:
         return None
     ys, xs = np.nonzero(mask)

@@ -245,13 +245,23 @@ def caption_words(objects: list[ToyObject], order: list[int], background: str | 
     return words, owner
 
 
-def sample_image(rng: np.random.Generator, poses: Poses = VARIED, shape_only_share: float = 0.0) -> ToyImage:
-    """One random training image: 1-3 objects, a background, a caption in random object order.
+# How many objects a training image holds: count -> probability, per most objects allowed.
+OBJECT_COUNTS = {3: {1: 0.4, 2: 0.35, 3: 0.25}, 4: {1: 0.3, 2: 0.3, 3: 0.2, 4: 0.2}}
+MAX_OBJECTS = 3  # the committed world's
+
+
+def sample_image(rng: np.random.Generator, poses: Poses = VARIED, shape_only_share: float = 0.0,
+                 max_objects: int = MAX_OBJECTS) -> ToyImage:
+    """One random training image: 1 to ``max_objects`` objects (a key of :data:`OBJECT_COUNTS`), a background,
+    a caption in random object order.
 
     A ``shape_only_share`` of the captions name every object by its shape alone ('a circle and a square on
     a beach'). At 0 no extra random number is drawn, so a seed gives the images it gives without the option.
     """
-    count = int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
+    if max_objects not in OBJECT_COUNTS:
+        raise ValueError(f"max_objects: expected one of {sorted(OBJECT_COUNTS)}, got {max_objects!r}")
+    counts = OBJECT_COUNTS[max_objects]
+    count = int(rng.choice(list(counts), p=list(counts.values())))
     objects = [random_object(rng, cx, cy, r, poses.max_rotation) for cx, cy, r in place_objects(rng, count, poses)]
     background, named = sample_background(rng)
     order = [int(i) for i in rng.permutation(count)]
