@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from bench.seeds import initial_noise
+from baselines.sampling import encode_pair, sample_layerwise
 from toytrain.gates import GUIDANCE, STEPS
 from toyworld.classifier import foreground_mask
 from toyworld.models import load_toy_pipeline
@@ -47,10 +47,8 @@ def count_objects(image: Image.Image, min_pixels: int = MIN_PIXELS) -> int:
 
 @torch.no_grad()
 def sample(pipe, prompt: str, seed: int, steps: int = STEPS) -> Image.Image:
-    """One base-model sample of ``prompt`` from the bench's initial noise for ``seed``."""
-    latents = initial_noise(seed, (1, pipe.unet.config.in_channels, 16, 16), dtype=pipe.unet.dtype)
-    return pipe(prompt, latents=latents, num_inference_steps=steps, guidance_scale=GUIDANCE, height=64,
-                width=64).images[0]
+    """One base-model sample of ``prompt``, drawn as the quality gates draw theirs."""
+    return sample_layerwise(pipe, encode_pair(pipe, prompt, "", []), seed, 64, 64, steps, GUIDANCE)
 
 
 def main(argv: list[str] | None = None) -> int:
