@@ -259,30 +259,31 @@ def test_a_lora_checkpoint_belongs_to_the_base_it_was_trained_on(monkeypatch, tm
 
 
 def test_the_lora_stage_passes_its_grounding_weight_and_distractor_share_to_every_concept(monkeypatch, tmp_path):
-    """`--grounding-weight`, `--grounding-trains`, `--distractor-share`, `--distractors` and `--unet-targets` reach
-    every concept the stage trains; without them, the committed recipe's values."""
+    """`--grounding-weight`, `--grounding-trains`, `--distractor-share`, `--distractors`, `--unet-targets` and
+    `--unet-lora-lr` reach every concept the stage trains; without them, the committed recipe's values."""
     from toytrain import (
         LORA_DISTRACTOR_SHARE,
         LORA_DISTRACTORS,
         LORA_GROUNDING_TRAINS,
         LORA_GROUNDING_WEIGHT,
+        LORA_UNET_LR,
         LORA_UNET_TARGETS,
         lora,
     )
     from toytrain.cli import main
 
-    options: list[tuple[float, str, float, str, str]] = []
+    options: list[tuple[float, str, float, str, str, float]] = []
     monkeypatch.setattr(lora, "train_concept",
-                        lambda *a, grounding_weight, grounding_trains, distractor_share, distractors, unet_targets, **k:
-                        options.append((grounding_weight, grounding_trains, distractor_share, distractors,
-                                        unet_targets)))
+                        lambda *a, grounding_weight, grounding_trains, distractor_share, distractors, unet_targets,
+                        unet_lr, **k: options.append((grounding_weight, grounding_trains, distractor_share,
+                                                      distractors, unet_targets, unet_lr)))
     main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "ruby,jade", "--grounding-weight", "0.3",
           "--grounding-trains", "text", "--distractor-share", "0.25", "--distractors", "disjoint",
-          "--unet-targets", "cross-kvo"])
+          "--unet-targets", "cross-kvo", "--unet-lora-lr", "3e-4"])
     main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "amber"])
-    assert options == [(0.3, "text", 0.25, "disjoint", "cross-kvo"), (0.3, "text", 0.25, "disjoint", "cross-kvo"),
-                       (LORA_GROUNDING_WEIGHT, LORA_GROUNDING_TRAINS, LORA_DISTRACTOR_SHARE, LORA_DISTRACTORS,
-                        LORA_UNET_TARGETS)]
+    assert options == [(0.3, "text", 0.25, "disjoint", "cross-kvo", 3e-4)] * 2 + [
+        (LORA_GROUNDING_WEIGHT, LORA_GROUNDING_TRAINS, LORA_DISTRACTOR_SHARE, LORA_DISTRACTORS, LORA_UNET_TARGETS,
+         LORA_UNET_LR)]
 
 
 def test_the_base_stages_caption_and_object_options_reach_the_trainer(monkeypatch, tmp_path):
@@ -308,6 +309,33 @@ def test_unknown_unet_targets_are_refused_before_any_training(tmp_path):
     with pytest.raises(ValueError, match=r"unet_targets: expected one of \('all', 'cross-kvo'\), got 'attn1'"):
         train_concept(CONCEPTS["ruby"], tmp_path, seed=0, log=TrainLog(tmp_path), weights=None,
                       unet_targets="attn1")
+
+
+def test_the_unet_lora_learning_rate_scales_the_unet_loras_first_step_and_nothing_else(one_thread, tmp_path):
+    """One step from peft's zero-initialised `lora_B`: Adam moves each UNet `lora_up` by the learning rate times a
+    gradient-only factor, so `unet_lr=3e-4` writes exactly 0.3 times the default's UNet `lora_up` weights, and the
+    same `lora_down`, text-encoder LoRA and token embeddings (a learning rate of 0 is refused)."""
+    from safetensors.torch import load_file
+
+    from toytrain import LORA_UNET_LR
+    from toytrain.common import TrainLog
+    from toytrain.lora import train_concept
+
+    def one_step(name: str, **recipe) -> dict[str, torch.Tensor]:
+        folder = tmp_path / name
+        path = train_concept(CONCEPTS["ruby"], folder, seed=3, log=TrainLog(folder), weights=None, views=4, steps=1,
+                             batch=2, checkpoints=folder / "ck", grounding_weight=0.1, **recipe)
+        return load_file(str(path))
+
+    default, lower = one_step("default"), one_step("lower", unet_lr=0.3 * LORA_UNET_LR)
+    assert default.keys() == lower.keys()
+    scaled = [key for key in default if key.startswith("params.unet.") and key.endswith("lora_up.weight")]
+    assert scaled and all(float(default[key].abs().max()) > 0 for key in scaled)
+    for key in default:
+        expected = 0.3 * default[key] if key in scaled else default[key]
+        torch.testing.assert_close(lower[key], expected, rtol=1e-5, atol=1e-9, msg=key)
+    with pytest.raises(ValueError, match="unet_lr: expected a learning rate above 0, got 0"):
+        one_step("zero", unet_lr=0)
 
 
 def test_a_cross_kvo_lora_holds_exactly_what_lora_composers_regions_read(one_thread, tmp_path):

@@ -162,6 +162,7 @@ def test_the_committed_loras_were_trained_with_the_lora_stages_default_recipe():
         LORA_DISTRACTORS,
         LORA_GROUNDING_TRAINS,
         LORA_GROUNDING_WEIGHT,
+        LORA_UNET_LR,
         LORA_UNET_TARGETS,
     )
 
@@ -178,4 +179,5 @@ def test_the_committed_loras_were_trained_with_the_lora_stages_default_recipe():
         assert (event["grounding_weight"], event.get("grounding_trains"), event.get("distractor_share", 0.0),
                 kind) == (LORA_GROUNDING_WEIGHT, trains, LORA_DISTRACTOR_SHARE, distractors), concept
         assert event.get("unet_targets", "all") == LORA_UNET_TARGETS, concept  # logged only when not "all"
+        assert event.get("unet_lr", 1e-3) == LORA_UNET_LR, concept  # logged only when not 1e-3
         assert (LORA_DIR / f"{concept}.safetensors").is_file()

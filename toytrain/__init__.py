@@ -27,3 +27,5 @@ UNET_TARGET_SETS: dict[str, list[str] | str] = {
     "cross-kvo": r".*\.attn2\.(to_k|to_v|to_out\.0)",
 }
 LORA_UNET_TARGETS = "all"
+# peak learning rate of the ED-LoRA stage's UNet LoRA (the text-encoder LoRA's stays 1e-3, the token embeddings' 5e-3)
+LORA_UNET_LR = 1e-3

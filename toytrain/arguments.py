@@ -12,6 +12,7 @@ from toytrain import (
     LORA_DISTRACTORS,
     LORA_GROUNDING_TRAINS,
     LORA_GROUNDING_WEIGHT,
+    LORA_UNET_LR,
     LORA_UNET_TARGETS,
     UNET_TARGET_SETS,
 )
@@ -70,6 +71,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "Mix-of-Show trains ED-LoRAs) or cross-kvo (the cross-attention key, value and output "
                              "projections only, the ones LoRA-Composer's region injection reads) "
                              f"(default: {LORA_UNET_TARGETS}, the committed world's)")
+    parser.add_argument("--unet-lora-lr", type=float, default=LORA_UNET_LR,
+                        help="lora stage: peak learning rate of the UNet LoRA; the text encoder's LoRA keeps 1e-3 and "
+                             f"the token embeddings 5e-3 (default: {LORA_UNET_LR:g}, the committed world's)")
 
 
 def add_gates_arguments(parser: argparse.ArgumentParser) -> None:

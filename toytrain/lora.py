@@ -41,6 +41,7 @@ from toytrain import (
     LORA_DISTRACTORS,
     LORA_GROUNDING_TRAINS,
     LORA_GROUNDING_WEIGHT,
+    LORA_UNET_LR,
     LORA_UNET_TARGETS,
     UNET_TARGET_SETS,
 )
@@ -117,14 +118,15 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
                   save_every: int = 100, grounding_weight: float = LORA_GROUNDING_WEIGHT,
                   grounding_trains: str = LORA_GROUNDING_TRAINS,
                   distractor_share: float = LORA_DISTRACTOR_SHARE, distractors: str = LORA_DISTRACTORS,
-                  unet_targets: str = LORA_UNET_TARGETS) -> Path:
+                  unet_targets: str = LORA_UNET_TARGETS, unet_lr: float = LORA_UNET_LR) -> Path:
     """Train one concept's ED-LoRA and write ``<out>/<id>.safetensors``.
 
     ``distractor_share``: the share of views that also hold other objects, named in the caption, and
     ``distractors`` which ones (:func:`toyworld.concepts.sample_concept_view`). ``grounding_trains``: what the
     grounding loss moves, one of :data:`toytrain.GROUNDING_TRAINS` (``"text"``: the token embeddings and the text
     encoder's LoRA only). ``unet_targets``: which UNet projections get a LoRA, a key of
-    :data:`toytrain.UNET_TARGET_SETS`.
+    :data:`toytrain.UNET_TARGET_SETS`. ``unet_lr``: the UNet LoRA's peak learning rate (the text encoder's LoRA
+    keeps 1e-3, the token embeddings 5e-3).
 
     Resumable (:class:`toytrain.common.ResumableLoop`): token embeddings, LoRA weights, optimizer and random
     generator are saved to ``checkpoints`` every ``save_every`` steps.
@@ -133,6 +135,8 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
         raise ValueError(f"grounding_trains: expected one of {GROUNDING_TRAINS}, got {grounding_trains!r}")
     if unet_targets not in UNET_TARGET_SETS:
         raise ValueError(f"unet_targets: expected one of {tuple(UNET_TARGET_SETS)}, got {unet_targets!r}")
+    if not unet_lr > 0:
+        raise ValueError(f"unet_lr: expected a learning rate above 0, got {unet_lr!r}")
     seed_everything(seed)
     start = time.time()
     pipe = load_toy_pipeline(weights)
@@ -164,9 +168,10 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=TEXT_TARGETS), text_encoder)
     unet_lora = [p for n, p in unet.named_parameters() if "lora_" in n]
     text_lora = [p for n, p in text_encoder.named_parameters() if "lora_" in n]
-    opt = torch.optim.AdamW([{"params": [embeddings], "lr": 5e-3}, {"params": unet_lora + text_lora, "lr": 1e-3}],
+    peaks = [5e-3, unet_lr, 1e-3]
+    opt = torch.optim.AdamW([{"params": params, "lr": peak}
+                             for params, peak in zip(([embeddings], unet_lora, text_lora), peaks, strict=True)],
                             weight_decay=0.0)
-    peaks = [5e-3, 1e-3]
     noise_schedule = pipe.scheduler
     alphas = noise_schedule.alphas_cumprod
     state = LayerwiseState()
@@ -178,6 +183,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     recipe += f"-distractors{distractor_share:g}" if distractor_share else ""
     recipe += f"-{distractors}" if distractor_share and distractors != "differ" else ""
     recipe += f"-unet-{unet_targets}" if unet_targets != "all" else ""
+    recipe += f"-unet-lr{unet_lr:g}" if unet_lr != LORA_UNET_LR else ""
     folder = checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}-base{base}{recipe}")
     loop = ResumableLoop(f"lora-{concept.id}", folder, log, gen, parts={"optimizer": opt}, tensors=trainable,
                          every=save_every, started=start)
@@ -233,6 +239,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     trains = {"grounding_trains": grounding_trains} if grounding_weight else {}
     kind = {"distractors": distractors} if distractor_share else {}
     targets = {"unet_targets": unet_targets} if unet_targets != "all" else {}
+    targets |= {"unet_lr": unet_lr} if unet_lr != LORA_UNET_LR else {}
     log.event(f"lora-{concept.id}-done", steps=steps, grounding_weight=grounding_weight, **trains,
               distractor_share=distractor_share, **kind, **targets,
               seconds=round(loop.seconds(), 1))
@@ -243,7 +250,7 @@ def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
                 concepts: list[str] | None = None, lora_dir: Path | None = None,
                 grounding_weight: float = LORA_GROUNDING_WEIGHT, grounding_trains: str = LORA_GROUNDING_TRAINS,
                 distractor_share: float = LORA_DISTRACTOR_SHARE, distractors: str = LORA_DISTRACTORS,
-                unet_targets: str = LORA_UNET_TARGETS) -> None:
+                unet_targets: str = LORA_UNET_TARGETS, unet_lr: float = LORA_UNET_LR) -> None:
     """Train every (or the named) concept's ED-LoRA; LoRAs go to the toy dataset's ``loras`` folder."""
     target = lora_dir or (LORA_DIR if out_dir.resolve() == WEIGHTS_DIR.resolve() else out_dir / "loras")
     for concept_id in concepts or list(CONCEPTS):
@@ -254,4 +261,4 @@ def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
         train_concept(CONCEPTS[concept_id], target, seed=seed + number, log=log, weights=out_dir,
                       steps=max(4, int(800 * scale)), grounding_weight=grounding_weight,
                       grounding_trains=grounding_trains, distractor_share=distractor_share,
-                      distractors=distractors, unet_targets=unet_targets)
+                      distractors=distractors, unet_targets=unet_targets, unet_lr=unet_lr)
