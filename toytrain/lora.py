@@ -239,9 +239,8 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     trains = {"grounding_trains": grounding_trains} if grounding_weight else {}
     kind = {"distractors": distractors} if distractor_share else {}
     targets = {"unet_targets": unet_targets} if unet_targets != "all" else {}
-    targets |= {"unet_lr": unet_lr} if unet_lr != LORA_UNET_LR else {}
     log.event(f"lora-{concept.id}-done", steps=steps, grounding_weight=grounding_weight, **trains,
-              distractor_share=distractor_share, **kind, **targets,
+              distractor_share=distractor_share, **kind, **targets, unet_lr=unet_lr,
               seconds=round(loop.seconds(), 1))
     return path
 
