@@ -135,6 +135,28 @@ def test_disjoint_distractors_share_neither_shape_nor_colour_with_the_concept():
         sample_concept_view(np.random.default_rng(0), concept, 0.5, "near")
 
 
+def test_among_others_view_sizes_shrink_only_the_views_that_show_the_concept_alone():
+    """`sizes="among-others"`: a view showing the concept alone has a radius of 9-14 px (the world's objects beside
+    others) instead of 10-19; it draws the same random numbers, so a seed gives the same backgrounds, captions
+    and views with other objects as the default; an unknown size range is refused, naming the expected ones."""
+    concept = CONCEPTS["amber"]
+    views = {}
+    for sizes in ("alone", "among-others"):
+        rng = np.random.default_rng(4)
+        views[sizes] = [sample_concept_view(rng, concept, 0.5, sizes=sizes) for _ in range(300)]
+    radii = {sizes: [objects[0].radius for objects, _, _ in found if len(objects) == 1]
+             for sizes, found in views.items()}
+    assert min(radii["alone"]) >= 10.0 and max(radii["alone"]) > 17.0
+    assert min(radii["among-others"]) >= 9.0 and max(radii["among-others"]) <= 14.0
+    assert len(radii["alone"]) == len(radii["among-others"]) > 100
+    for default, smaller in zip(views["alone"], views["among-others"], strict=True):
+        assert default[1:] == smaller[1:]
+        if len(default[0]) > 1:
+            assert default[0] == smaller[0]
+    with pytest.raises(ValueError, match=r"sizes: expected one of \('alone', 'among-others'\), got 'tiny'"):
+        sample_concept_view(np.random.default_rng(0), concept, 0.0, sizes="tiny")
+
+
 def test_word_positions_match_the_tokenized_caption():
     tokenizer = build_clip_tokenizer()
     item = sample_image(np.random.default_rng(5))

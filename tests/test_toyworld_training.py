@@ -256,11 +256,16 @@ def test_a_lora_checkpoint_belongs_to_the_base_it_was_trained_on(monkeypatch, tm
         lora.train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=2, steps=1,
                            batch=1, grounding_weight=0.0, distractor_share=0.0, unet_targets="cross-kvo")
     assert cross.value.args[0].name == f"{stopped.value.args[0].name}-unet-cross-kvo"
+    with pytest.raises(Opened) as smaller:
+        lora.train_concept(CONCEPTS["ruby"], tmp_path, seed=3, log=TrainLog(tmp_path), weights=None, views=2, steps=1,
+                           batch=1, grounding_weight=0.0, distractor_share=0.0, view_sizes="among-others")
+    assert smaller.value.args[0].name == f"{stopped.value.args[0].name}-views-among-others"
 
 
 def test_the_lora_stage_passes_its_grounding_weight_and_distractor_share_to_every_concept(monkeypatch, tmp_path):
-    """`--grounding-weight`, `--grounding-trains`, `--distractor-share`, `--distractors`, `--unet-targets` and
-    `--unet-lora-lr` reach every concept the stage trains; without them, the committed recipe's values."""
+    """`--grounding-weight`, `--grounding-trains`, `--distractor-share`, `--distractors`, `--unet-targets`,
+    `--unet-lora-lr` and `--view-sizes` reach every concept the stage trains; without them, the committed recipe's
+    values."""
     from toytrain import (
         LORA_DISTRACTOR_SHARE,
         LORA_DISTRACTORS,
@@ -268,22 +273,24 @@ def test_the_lora_stage_passes_its_grounding_weight_and_distractor_share_to_ever
         LORA_GROUNDING_WEIGHT,
         LORA_UNET_LR,
         LORA_UNET_TARGETS,
+        LORA_VIEW_SIZES,
         lora,
     )
     from toytrain.cli import main
 
-    options: list[tuple[float, str, float, str, str, float]] = []
+    options: list[tuple[float, str, float, str, str, float, str]] = []
     monkeypatch.setattr(lora, "train_concept",
                         lambda *a, grounding_weight, grounding_trains, distractor_share, distractors, unet_targets,
-                        unet_lr, **k: options.append((grounding_weight, grounding_trains, distractor_share,
-                                                      distractors, unet_targets, unet_lr)))
+                        unet_lr, view_sizes, **k: options.append((grounding_weight, grounding_trains,
+                                                                  distractor_share, distractors, unet_targets,
+                                                                  unet_lr, view_sizes)))
     main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "ruby,jade", "--grounding-weight", "0.3",
           "--grounding-trains", "text", "--distractor-share", "0.25", "--distractors", "disjoint",
-          "--unet-targets", "cross-kvo", "--unet-lora-lr", "3e-4"])
+          "--unet-targets", "cross-kvo", "--unet-lora-lr", "3e-4", "--view-sizes", "among-others"])
     main(["lora", "--out", str(tmp_path), "--threads", "1", "--concepts", "amber"])
-    assert options == [(0.3, "text", 0.25, "disjoint", "cross-kvo", 3e-4)] * 2 + [
+    assert options == [(0.3, "text", 0.25, "disjoint", "cross-kvo", 3e-4, "among-others")] * 2 + [
         (LORA_GROUNDING_WEIGHT, LORA_GROUNDING_TRAINS, LORA_DISTRACTOR_SHARE, LORA_DISTRACTORS, LORA_UNET_TARGETS,
-         LORA_UNET_LR)]
+         LORA_UNET_LR, LORA_VIEW_SIZES)]
 
 
 def test_the_base_stages_caption_and_object_options_reach_the_trainer(monkeypatch, tmp_path):
@@ -301,14 +308,17 @@ def test_the_base_stages_caption_and_object_options_reach_the_trainer(monkeypatc
         main(["base", "--out", str(tmp_path), "--max-objects", "5"])
 
 
-def test_unknown_unet_targets_are_refused_before_any_training(tmp_path):
-    """An unknown `unet_targets` raises one ValueError naming the expected values."""
+def test_unknown_unet_targets_and_view_sizes_are_refused_before_any_training(tmp_path):
+    """An unknown `unet_targets` or `view_sizes` raises one ValueError naming the expected values."""
     from toytrain.common import TrainLog
     from toytrain.lora import train_concept
 
     with pytest.raises(ValueError, match=r"unet_targets: expected one of \('all', 'cross-kvo'\), got 'attn1'"):
         train_concept(CONCEPTS["ruby"], tmp_path, seed=0, log=TrainLog(tmp_path), weights=None,
                       unet_targets="attn1")
+    with pytest.raises(ValueError, match=r"view_sizes: expected one of \('alone', 'among-others'\), got 'tiny'"):
+        train_concept(CONCEPTS["ruby"], tmp_path, seed=0, log=TrainLog(tmp_path), weights=None, view_sizes="tiny")
+    assert not any(tmp_path.iterdir())
 
 
 def test_the_unet_lora_learning_rate_scales_the_unet_loras_first_step_and_nothing_else(one_thread, tmp_path):

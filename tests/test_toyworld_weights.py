@@ -164,6 +164,7 @@ def test_the_committed_loras_were_trained_with_the_lora_stages_default_recipe():
         LORA_GROUNDING_WEIGHT,
         LORA_UNET_LR,
         LORA_UNET_TARGETS,
+        LORA_VIEW_SIZES,
     )
 
     trains = LORA_GROUNDING_TRAINS if LORA_GROUNDING_WEIGHT else None  # logged only for a grounded run
@@ -181,4 +182,6 @@ def test_the_committed_loras_were_trained_with_the_lora_stages_default_recipe():
         assert event.get("unet_targets", "all") == LORA_UNET_TARGETS, concept  # logged only when not "all"
         # logs written before `--unet-lora-lr` existed trained the UNet LoRA at 1e-3
         assert event.get("unet_lr", 1e-3) == LORA_UNET_LR, concept
+        # logs written before `--view-sizes` existed showed the concept alone at the "alone" sizes
+        assert event.get("view_sizes", "alone") == LORA_VIEW_SIZES, concept
         assert (LORA_DIR / f"{concept}.safetensors").is_file()

@@ -29,3 +29,5 @@ UNET_TARGET_SETS: dict[str, list[str] | str] = {
 LORA_UNET_TARGETS = "all"
 # peak learning rate of the ED-LoRA stage's UNet LoRA (the text-encoder LoRA's stays 1e-3, the token embeddings' 5e-3)
 LORA_UNET_LR = 1e-3
+# the sizes of the ED-LoRA views that show the concept alone (toyworld.concepts.VIEW_SIZES)
+LORA_VIEW_SIZES = "alone"

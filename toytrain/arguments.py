@@ -14,10 +14,11 @@ from toytrain import (
     LORA_GROUNDING_WEIGHT,
     LORA_UNET_LR,
     LORA_UNET_TARGETS,
+    LORA_VIEW_SIZES,
     UNET_TARGET_SETS,
 )
 from toyworld import SCHEDULE_NAMES, UNET_SIZE_NAMES, WEIGHTS_DIR
-from toyworld.concepts import DISTRACTOR_KINDS
+from toyworld.concepts import DISTRACTOR_KINDS, VIEW_SIZES
 from toyworld.world import MAX_OBJECTS, OBJECT_COUNTS
 
 STAGES = ("vae", "base", "lora", "clip", "classifier")
@@ -74,6 +75,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unet-lora-lr", type=float, default=LORA_UNET_LR,
                         help="lora stage: peak learning rate of the UNet LoRA; the text encoder's LoRA keeps 1e-3 and "
                              f"the token embeddings 5e-3 (default: {LORA_UNET_LR:g}, the committed world's)")
+    parser.add_argument("--view-sizes", choices=VIEW_SIZES, default=LORA_VIEW_SIZES,
+                        help="lora stage: the radius range of the training views that show the concept alone: alone "
+                             f"({VIEW_SIZES['alone'][0]:g}-{VIEW_SIZES['alone'][1]:g} px, the sizes of a single object "
+                             "in the world's images) or among-others "
+                             f"({VIEW_SIZES['among-others'][0]:g}-{VIEW_SIZES['among-others'][1]:g} px, the sizes "
+                             f"objects have beside others) (default: {LORA_VIEW_SIZES}, the committed world's)")
 
 
 def add_gates_arguments(parser: argparse.ArgumentParser) -> None:

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
                     concepts=args.concepts.split(",") if args.concepts else None,
                     grounding_weight=args.grounding_weight, grounding_trains=args.grounding_trains,
                     distractor_share=args.distractor_share, distractors=args.distractors,
-                    unet_targets=args.unet_targets, unet_lr=args.unet_lora_lr)
+                    unet_targets=args.unet_targets, unet_lr=args.unet_lora_lr, view_sizes=args.view_sizes)
     elif args.stage == "clip":
         from toytrain.clip import train_clip
 

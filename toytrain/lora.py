@@ -43,11 +43,12 @@ from toytrain import (
     LORA_GROUNDING_WEIGHT,
     LORA_UNET_LR,
     LORA_UNET_TARGETS,
+    LORA_VIEW_SIZES,
     UNET_TARGET_SETS,
 )
 from toytrain.base import GroundingProcessor, encode_latents, grounding_loss, install_grounding
 from toytrain.common import ResumableLoop, TrainLog, checkpoint_dir, diffusion_target, lr_at, seed_everything
-from toyworld.concepts import CONCEPTS, ToyConcept, sample_concept_view
+from toyworld.concepts import CONCEPTS, VIEW_SIZES, ToyConcept, sample_concept_view
 from toyworld.models import WEIGHTS_DIR, load_toy_pipeline
 from toyworld.world import render
 
@@ -118,7 +119,8 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
                   save_every: int = 100, grounding_weight: float = LORA_GROUNDING_WEIGHT,
                   grounding_trains: str = LORA_GROUNDING_TRAINS,
                   distractor_share: float = LORA_DISTRACTOR_SHARE, distractors: str = LORA_DISTRACTORS,
-                  unet_targets: str = LORA_UNET_TARGETS, unet_lr: float = LORA_UNET_LR) -> Path:
+                  unet_targets: str = LORA_UNET_TARGETS, unet_lr: float = LORA_UNET_LR,
+                  view_sizes: str = LORA_VIEW_SIZES) -> Path:
     """Train one concept's ED-LoRA and write ``<out>/<id>.safetensors``.
 
     ``distractor_share``: the share of views that also hold other objects, named in the caption, and
@@ -126,7 +128,8 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     grounding loss moves, one of :data:`toytrain.GROUNDING_TRAINS` (``"text"``: the token embeddings and the text
     encoder's LoRA only). ``unet_targets``: which UNet projections get a LoRA, a key of
     :data:`toytrain.UNET_TARGET_SETS`. ``unet_lr``: the UNet LoRA's peak learning rate (the text encoder's LoRA
-    keeps 1e-3, the token embeddings 5e-3).
+    keeps 1e-3, the token embeddings 5e-3). ``view_sizes``: the radius range of the views that show the concept
+    alone, a key of :data:`toyworld.concepts.VIEW_SIZES`.
 
     Resumable (:class:`toytrain.common.ResumableLoop`): token embeddings, LoRA weights, optimizer and random
     generator are saved to ``checkpoints`` every ``save_every`` steps.
@@ -135,6 +138,8 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
         raise ValueError(f"grounding_trains: expected one of {GROUNDING_TRAINS}, got {grounding_trains!r}")
     if unet_targets not in UNET_TARGET_SETS:
         raise ValueError(f"unet_targets: expected one of {tuple(UNET_TARGET_SETS)}, got {unet_targets!r}")
+    if view_sizes not in VIEW_SIZES:
+        raise ValueError(f"view_sizes: expected one of {tuple(VIEW_SIZES)}, got {view_sizes!r}")
     if not unet_lr > 0:
         raise ValueError(f"unet_lr: expected a learning rate above 0, got {unet_lr!r}")
     seed_everything(seed)
@@ -144,7 +149,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     for module in (unet, text_encoder, vae):
         module.requires_grad_(False)
     rng = np.random.default_rng(seed)
-    samples = [sample_concept_view(rng, concept, distractor_share, distractors) for _ in range(views)]
+    samples = [sample_concept_view(rng, concept, distractor_share, distractors, view_sizes) for _ in range(views)]
     pixels = torch.from_numpy(np.stack([np.asarray(render(objects, bg)) for objects, bg, _ in samples]))
     boxes = torch.tensor([objects[0].box for objects, _, _ in samples], dtype=torch.float32)
     means, stds = encode_latents(vae, pixels.permute(0, 3, 1, 2).contiguous())
@@ -184,6 +189,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     recipe += f"-{distractors}" if distractor_share and distractors != "differ" else ""
     recipe += f"-unet-{unet_targets}" if unet_targets != "all" else ""
     recipe += f"-unet-lr{unet_lr:g}" if unet_lr != LORA_UNET_LR else ""
+    recipe += f"-views-{view_sizes}" if view_sizes != "alone" else ""
     folder = checkpoints or checkpoint_dir(f"lora-{concept.id}-{steps}-seed{seed}-base{base}{recipe}")
     loop = ResumableLoop(f"lora-{concept.id}", folder, log, gen, parts={"optimizer": opt}, tensors=trainable,
                          every=save_every, started=start)
@@ -240,7 +246,7 @@ def train_concept(concept: ToyConcept, out: Path, *, seed: int, log: TrainLog, w
     kind = {"distractors": distractors} if distractor_share else {}
     targets = {"unet_targets": unet_targets} if unet_targets != "all" else {}
     log.event(f"lora-{concept.id}-done", steps=steps, grounding_weight=grounding_weight, **trains,
-              distractor_share=distractor_share, **kind, **targets, unet_lr=unet_lr,
+              distractor_share=distractor_share, **kind, **targets, unet_lr=unet_lr, view_sizes=view_sizes,
               seconds=round(loop.seconds(), 1))
     return path
 
@@ -249,7 +255,8 @@ def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
                 concepts: list[str] | None = None, lora_dir: Path | None = None,
                 grounding_weight: float = LORA_GROUNDING_WEIGHT, grounding_trains: str = LORA_GROUNDING_TRAINS,
                 distractor_share: float = LORA_DISTRACTOR_SHARE, distractors: str = LORA_DISTRACTORS,
-                unet_targets: str = LORA_UNET_TARGETS, unet_lr: float = LORA_UNET_LR) -> None:
+                unet_targets: str = LORA_UNET_TARGETS, unet_lr: float = LORA_UNET_LR,
+                view_sizes: str = LORA_VIEW_SIZES) -> None:
     """Train every (or the named) concept's ED-LoRA; LoRAs go to the toy dataset's ``loras`` folder."""
     target = lora_dir or (LORA_DIR if out_dir.resolve() == WEIGHTS_DIR.resolve() else out_dir / "loras")
     for concept_id in concepts or list(CONCEPTS):
@@ -260,4 +267,5 @@ def train_loras(out_dir: Path, *, seed: int, log: TrainLog, scale: float = 1.0,
         train_concept(CONCEPTS[concept_id], target, seed=seed + number, log=log, weights=out_dir,
                       steps=max(4, int(800 * scale)), grounding_weight=grounding_weight,
                       grounding_trains=grounding_trains, distractor_share=distractor_share,
-                      distractors=distractors, unet_targets=unet_targets, unet_lr=unet_lr)
+                      distractors=distractors, unet_targets=unet_targets, unet_lr=unet_lr,
+                      view_sizes=view_sizes)

@@ -67,9 +67,20 @@ def concept_caption(concept: ToyConcept, background: str | None, others: tuple[T
     return caption if background is None else f"{caption} {background_phrase(background)}"
 
 
-def sample_concept_image(rng: np.random.Generator, concept: ToyConcept) -> tuple[ToyObject, str, str]:
-    """One single-concept training view (no layout): the object, its background and its caption."""
-    radius = float(rng.uniform(10.0, 19.0))
+# the radius range (pixels) of an ED-LoRA view showing its concept alone: "alone" the sizes of a single object in
+# the world's images, "among-others" the sizes objects have beside others (and a composed scene's boxes ask for)
+VIEW_SIZES = {"alone": (10.0, 19.0), "among-others": (UPRIGHT.min_radius, UPRIGHT.max_radius_multi)}
+
+
+def sample_concept_image(rng: np.random.Generator, concept: ToyConcept, sizes: str = "alone"
+                         ) -> tuple[ToyObject, str, str]:
+    """One single-concept training view (no layout): the object, its background and its caption.
+
+    ``sizes``: the object's radius range, a key of :data:`VIEW_SIZES`; every choice draws the same random numbers.
+    """
+    if sizes not in VIEW_SIZES:
+        raise ValueError(f"sizes: expected one of {tuple(VIEW_SIZES)}, got {sizes!r}")
+    radius = float(rng.uniform(*VIEW_SIZES[sizes]))
     cx, cy = rng.uniform(radius, 64 - radius, size=2)
     background, named = sample_background(rng)
     return concept.instance(rng, float(cx), float(cy), radius), background, concept_caption(
@@ -93,19 +104,22 @@ def other_object(rng: np.random.Generator, concept: ToyConcept, cx: float, cy: f
 
 
 def sample_concept_view(rng: np.random.Generator, concept: ToyConcept, distractor_share: float = 0.0,
-                        distractors: str = "differ") -> tuple[list[ToyObject], str, str]:
+                        distractors: str = "differ", sizes: str = "alone") -> tuple[list[ToyObject], str, str]:
     """One ED-LoRA training view: the concept first, its background and caption.
 
     With probability ``distractor_share`` the view also holds one or two other objects, named in the caption
     behind the concept's tokens ('a <ruby1> <ruby2> and a green dotted square on a beach'), as photos of a concept
     hold other things; otherwise it is :func:`sample_concept_image`'s view. At 0 no extra random number is
     drawn, so a seed gives the views it gives without the option. ``distractors``: which other objects
-    (:data:`DISTRACTOR_KINDS`).
+    (:data:`DISTRACTOR_KINDS`). ``sizes``: the radius range of the views that show the concept alone
+    (:data:`VIEW_SIZES`); views with other objects size every object as the world's multi-object images do.
     """
     if distractors not in DISTRACTOR_KINDS:
         raise ValueError(f"distractors: expected one of {tuple(DISTRACTOR_KINDS)}, got {distractors!r}")
+    if sizes not in VIEW_SIZES:
+        raise ValueError(f"sizes: expected one of {tuple(VIEW_SIZES)}, got {sizes!r}")
     if not distractor_share or rng.random() >= distractor_share:
-        obj, background, caption = sample_concept_image(rng, concept)
+        obj, background, caption = sample_concept_image(rng, concept, sizes)
         return [obj], background, caption
     (cx, cy, radius), *places = place_objects(rng, 1 + int(rng.integers(1, 3)), UPRIGHT)
     others = (other_object(rng, concept, *place, distractors) for place in places)
