@@ -186,13 +186,13 @@ def test_a_warm_started_base_run_begins_at_the_given_worlds_weights(tmp_path):
     shutil.copy(WEIGHTS_DIR / "vae.safetensors", out / "vae.safetensors")
     log = TrainLog(tmp_path / "log")
     train_base(out, seed=1, log=log, images=128, steps=4, batch=4, peak_lr=1e-12, init_from=start,
-               checkpoints=tmp_path / "ck", max_objects=4)
+               checkpoints=tmp_path / "ck", max_objects=4, grounded_layers="all")
     for name in ("unet", "text_encoder"):
         given, written = load_file(str(start / f"{name}.safetensors")), load_file(str(out / f"{name}.safetensors"))
         assert given.keys() == written.keys()
         assert all(torch.equal(given[key], written[key]) for key in given), name
     done = [json.loads(line) for line in (tmp_path / "log" / "training.jsonl").read_text().splitlines()][-1]
-    assert done["warm_start"] == str(start) and done["max_objects"] == 4
+    assert done["warm_start"] == str(start) and done["max_objects"] == 4 and done["grounding_layers"] == "all"
     assert [path.name for path in (tmp_path / "ck").glob("data-*")] == ["data-128-2-objects4.safetensors"]
 
 
@@ -293,19 +293,22 @@ def test_the_lora_stage_passes_its_grounding_weight_and_distractor_share_to_ever
          LORA_UNET_LR, LORA_VIEW_SIZES)]
 
 
-def test_the_base_stages_caption_and_object_options_reach_the_trainer(monkeypatch, tmp_path):
-    """`--shape-only-share` and `--max-objects` reach `train_base`; without them, the committed world's values."""
+def test_the_base_stages_caption_object_and_grounding_options_reach_the_trainer(monkeypatch, tmp_path):
+    """`--shape-only-share`, `--max-objects` and `--grounding-layers` reach `train_base`; without them, the
+    committed world's values."""
     from toytrain import base
     from toytrain.cli import main
 
-    options: list[tuple[float, int]] = []
-    monkeypatch.setattr(base, "train_base", lambda *a, shape_only_share, max_objects, **k:
-                        options.append((shape_only_share, max_objects)))
-    main(["base", "--out", str(tmp_path), "--threads", "1", "--shape-only-share", "0.3", "--max-objects", "4"])
+    options: list[tuple[float, int, str]] = []
+    monkeypatch.setattr(base, "train_base", lambda *a, shape_only_share, max_objects, grounded_layers, **k:
+                        options.append((shape_only_share, max_objects, grounded_layers)))
+    main(["base", "--out", str(tmp_path), "--threads", "1", "--shape-only-share", "0.3", "--max-objects", "4",
+          "--grounding-layers", "all"])
     main(["base", "--out", str(tmp_path), "--threads", "1"])
-    assert options == [(0.3, 4), (0.0, 3)]
-    with pytest.raises(SystemExit):
-        main(["base", "--out", str(tmp_path), "--max-objects", "5"])
+    assert options == [(0.3, 4, "all"), (0.0, 3, "last")]
+    for bad in (["--max-objects", "5"], ["--grounding-layers", "first"]):
+        with pytest.raises(SystemExit):
+            main(["base", "--out", str(tmp_path), *bad])
 
 
 def test_unknown_unet_targets_and_view_sizes_are_refused_before_any_training(tmp_path):
@@ -413,6 +416,27 @@ def test_grounding_that_trains_the_text_side_leaves_the_unet_lora_to_the_denoisi
     assert gap(side[2], side[1]) < 1e-5 < gap(side[2], side[0]) / 10
     with pytest.raises(ValueError, match="grounding_trains: expected one of"):
         _first_step_gradients(monkeypatch, tmp_path / "bad", grounding_weight=0.2, grounding_trains="unet")
+
+
+def test_the_base_grounding_reads_the_last_layer_of_each_grid_or_every_layer(tmp_path):
+    """`grounding_layers`: "last" keeps the last installed 16x16 and 8x8 cross-attention layer (the committed
+    world's two), "all" every one of 8x8 or finer; another name is refused, before training, by `train_base` too."""
+    from bench.layers import cross_attention_layers
+    from toytrain.base import grounding_layers, install_grounding, train_base
+    from toyworld.models import build_unet
+
+    unet = build_unet("small")
+    names = cross_attention_layers(unet)
+    installed = install_grounding(unet, lambda index: names[index])
+    assert len(installed) > 2 and sorted({resolution for resolution, _ in installed}) == [8, 16]
+    last = {resolution: name for resolution, name in installed}
+    assert grounding_layers(installed, "last") == [(16, last[16]), (8, last[8])]
+    assert grounding_layers(installed, "all") == installed
+    with pytest.raises(ValueError, match="grounding_layers: expected one of"):
+        grounding_layers(installed, "first")
+    with pytest.raises(ValueError, match="grounded_layers: expected one of"):
+        train_base(tmp_path, log=None, grounded_layers="first")  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())
 
 
 def test_grounded_layerwise_attention_computes_what_the_layerwise_processor_does(one_thread):

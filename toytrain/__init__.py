@@ -31,3 +31,8 @@ LORA_UNET_TARGETS = "all"
 LORA_UNET_LR = 1e-3
 # the sizes of the ED-LoRA views that show the concept alone (toyworld.concepts.VIEW_SIZES)
 LORA_VIEW_SIZES = "alone"
+# which cross-attention layers the base stage's grounding loss reads (toytrain.base.grounding_layers): "last", the last
+# 16x16 and the last 8x8 one (the committed world's), or "all", every layer of 8x8 or finer, each of which
+# LoRA-Composer's guidance may average at its loss level
+GROUNDING_LAYERS = ("last", "all")
+BASE_GROUNDING_LAYERS = "last"

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from toytrain import (
+    BASE_GROUNDING_LAYERS,
+    GROUNDING_LAYERS,
     GROUNDING_TRAINS,
     LORA_DIR,
     LORA_DISTRACTOR_SHARE,
@@ -53,6 +55,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"base stage: most objects in a training image (default: {MAX_OBJECTS}, the committed "
                              "world's; 4: a fifth of the images hold four, as a four-region layout's global prompt "
                              "names)")
+    parser.add_argument("--grounding-layers", choices=GROUNDING_LAYERS, default=BASE_GROUNDING_LAYERS,
+                        help="base stage: the cross-attention layers the grounding loss reads: last (the last "
+                             "16x16 and the last 8x8 one) or all (every layer of 8x8 or finer) "
+                             f"(default: {BASE_GROUNDING_LAYERS}, the committed world's)")
     parser.add_argument("--grounding-weight", type=float, default=LORA_GROUNDING_WEIGHT,
                         help="lora stage: weight of the loss pulling the concept tokens' attention into the "
                              f"object's box (default: {LORA_GROUNDING_WEIGHT:g}, the committed world's; 0: none)")

@@ -26,6 +26,7 @@ from torch import nn
 
 from bench.layers import attention_level, cross_attention_layers
 from bench.tokenizer import build_clip_tokenizer
+from toytrain import BASE_GROUNDING_LAYERS, GROUNDING_LAYERS
 from toytrain.common import (
     ResumableLoop,
     TrainLog,
@@ -177,8 +178,7 @@ def install_grounding(unet, make: Callable[[int], Any] = lambda layer_index: Gro
     """A recording processor (``make(layer_index)``, a :class:`GroundingProcessor` by default) on every
     cross-attention layer of 8x8 or finer; returns (resolution, processor).
 
-    ``train_base`` keeps the last of each resolution (a dict keyed by resolution), and the committed world was
-    trained so: its grounding loss reads one 16x16 and one 8x8 layer.
+    :func:`grounding_layers` chooses which of them the grounding loss reads.
     """
     latent = unet.config.sample_size
     installed = []
@@ -191,6 +191,16 @@ def install_grounding(unet, make: Callable[[int], Any] = lambda layer_index: Gro
             installed.append((resolution, processor))
     unet.set_attn_processor(processors)
     return installed
+
+
+def grounding_layers(installed: list[tuple[int, Any]], which: str) -> list[tuple[int, Any]]:
+    """The installed layers the grounding loss reads: ``"last"``, the last of each resolution (the committed world's:
+    one 16x16 and one 8x8 layer), or ``"all"`` of them."""
+    if which == "all":
+        return list(installed)
+    if which == "last":
+        return list(dict(installed).items())
+    raise ValueError(f"grounding_layers: expected one of {GROUNDING_LAYERS}, got {which!r}")
 
 
 def encode_latents(vae, pixels: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,6 +219,11 @@ def _data_suffix(shape_only_share: float, max_objects: int) -> str:
     """What sets a training set apart from the committed world's first one, for file and folder names."""
     return (f"-shapes{shape_only_share:g}" if shape_only_share else "") + (
         f"-objects{max_objects}" if max_objects != MAX_OBJECTS else "")
+
+
+def _grounding_suffix(grounded_layers: str) -> str:
+    """What sets a run's grounded layers apart from the committed world's, for folder names."""
+    return "" if grounded_layers == BASE_GROUNDING_LAYERS else f"-grounding-{grounded_layers}"
 
 
 def _training_data(folder: Path, weights: Path, images: int, seed: int, tokenizer, shape_only_share: float = 0.0,
@@ -236,24 +251,28 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
                schedule: str = "zero-snr-v", word_weight: float = 0.1, unet_size: str = "small",
                checkpoints: Path | None = None, save_every: int = 100,
                init_from: Path | None = None, shape_only_share: float = 0.0,
-               max_objects: int = MAX_OBJECTS) -> None:
+               max_objects: int = MAX_OBJECTS, grounded_layers: str = BASE_GROUNDING_LAYERS) -> None:
     """Train and write ``unet.safetensors`` and ``text_encoder.safetensors`` (their EMA weights).
 
     ``init_from`` warm-starts the UNet and text encoder from a trained world's weights folder (the UNet's
     size is read from its file) and trains ``steps`` more steps on the same data with a fresh optimizer;
     the EMA copies start from the loaded weights. A ``shape_only_share`` of the training captions name their
     objects by shape alone, and its images hold 1 to ``max_objects`` objects (:func:`toyworld.world.sample_image`).
+    ``grounded_layers``: the cross-attention layers the grounding loss reads (:func:`grounding_layers`).
 
     Resumable: the state is saved to ``checkpoints`` every ``save_every`` steps, and a run started again
     with the same arguments continues from there. EMA snapshots go to ``checkpoints/snapshot`` every
     500 steps, so the gates can be measured while training goes on; the last raw (non-EMA) weights go
     to ``checkpoints/raw``.
     """
+    if grounded_layers not in GROUNDING_LAYERS:
+        raise ValueError(f"grounded_layers: expected one of {GROUNDING_LAYERS}, got {grounded_layers!r}")
     seed_everything(seed)
     steps, images = max(4, int(steps * scale)), max(128, int(images * scale))
     start_name = f"-from-{init_from.resolve().name}-lr{peak_lr:g}" if init_from else ""
     folder = checkpoints or checkpoint_dir(f"base-{steps}-{unet_size}-{schedule}-words{word_weight:g}{start_name}"
-                                           f"{_data_suffix(shape_only_share, max_objects)}")
+                                           f"{_data_suffix(shape_only_share, max_objects)}"
+                                           f"{_grounding_suffix(grounded_layers)}")
     start = time.time()
     tokenizer = build_clip_tokenizer()
     unet, text_encoder = build_unet(unet_size), build_text_encoder()
@@ -264,7 +283,7 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
     data = _training_data(folder, out_dir, images, seed + 1, tokenizer, shape_only_share, max_objects)
     means, stds, ids, positions, boxes = (data[k] for k in ("means", "stds", "ids", "positions", "boxes"))
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
-    layers = dict(install_grounding(unet))
+    layers = grounding_layers(install_grounding(unet), grounded_layers)
     head = WordHead(tokenizer, text_encoder.config.hidden_size) if word_weight else None
     params = [*unet.parameters(), *text_encoder.parameters(), *(head.parameters() if head else ())]
     opt = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -290,14 +309,14 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, noise_schedule.config.num_train_timesteps, (batch,), generator=gen)
         noisy = noise_schedule.add_noise(latents, noise, t)
-        for processor in layers.values():
+        for _, processor in layers:
             processor.record = True
         hidden = text_encoder(batch_ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
         target = diffusion_target(noise_schedule, latents, noise, t)
         weight = loss_weights(noise_schedule, t, MIN_SNR)
         diffusion = (weight * F.mse_loss(pred, target, reduction="none").mean((1, 2, 3))).mean()
-        grounding = grounding_loss(layers.items(), positions[idx], boxes[idx], keep)
+        grounding = grounding_loss(layers, positions[idx], boxes[idx], keep)
         words = word_loss(head, hidden, batch_ids, positions[idx], keep) if head else torch.zeros(())
         loss = diffusion + GROUNDING_WEIGHT * grounding + word_weight * words
         opt.zero_grad(set_to_none=True)
@@ -328,7 +347,8 @@ def train_base(out_dir: Path, *, seed: int = 0, log: TrainLog, scale: float = 1.
               word_weight=word_weight, unet=unet_size, seconds=round(loop.seconds(), 1),
               **({"warm_start": str(init_from), "peak_lr": peak_lr} if init_from else {}),
               **({"shape_only_share": shape_only_share} if shape_only_share else {}),
-              **({"max_objects": max_objects} if max_objects != MAX_OBJECTS else {}))
+              **({"max_objects": max_objects} if max_objects != MAX_OBJECTS else {}),
+              **({"grounding_layers": grounded_layers} if grounded_layers != BASE_GROUNDING_LAYERS else {}))
 
 
 def warm_start(unet: nn.Module, text_encoder: nn.Module, folder: Path, unet_size: str) -> None:

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         train_base(args.out, seed=args.seed, log=log, scale=args.scale, schedule=args.schedule,
                    word_weight=args.word_weight, unet_size=args.unet, init_from=args.init_from,
                    steps=args.steps, peak_lr=args.peak_lr, shape_only_share=args.shape_only_share,
-                   max_objects=args.max_objects)
+                   max_objects=args.max_objects, grounded_layers=args.grounding_layers)
     elif args.stage == "lora":
         from toytrain.lora import train_loras
 
