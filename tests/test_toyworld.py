@@ -16,7 +16,7 @@ from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from bench.lora.apply import lora_merged
 from bench.lora.formats import load_lora
 from bench.tokenizer import build_clip_tokenizer
-from toytrain.base import box_masks, grounding_loss, grounding_targets, word_token_positions
+from toytrain.base import box_masks, grounding_loss, grounding_targets, in_box_mass, word_token_positions
 from toytrain.classifier import round_trip
 from toytrain.common import diffusion_target, loss_weights
 from toytrain.lora import TEXT_TARGETS, UNET_TARGETS, write_edlora
@@ -191,6 +191,13 @@ def test_grounding_loss_matches_a_hand_computation():
     assert float(loss) == pytest.approx((1 - 0.6) ** 2)
     dropped = grounding_loss([(2, recorded)], positions, boxes, keep=torch.tensor([False]))
     assert float(dropped) == 0.0
+
+
+def test_attention_spread_evenly_puts_the_boxs_share_of_the_grid_in_the_box():
+    probs = torch.full((1, 16, 77), 1 / 77)  # every cell of a 4x4 grid attends alike
+    boxes = torch.tensor([[[0.0, 0.0, 32.0, 48.0]]])  # 64 px image: 2 columns x 3 rows of 16 px cells
+    mass = in_box_mass(probs, torch.tensor([[7]]), boxes, resolution=4)
+    assert float(mass) == pytest.approx(6 / 16)
 
 
 def test_edlora_export_matches_peft(tmp_path):

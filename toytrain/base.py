@@ -121,15 +121,18 @@ def grounding_loss(layers: Iterable[tuple[int, GroundingProcessor]], positions: 
     valid = (positions >= 0) & keep[:, None]
     if not valid.any():
         return torch.zeros(())
-    losses = []
-    gather = positions.clamp(min=0)
-    for resolution, processor in layers:
-        probs = processor.probs  # [B, HW, 77]
-        maps = torch.gather(probs, 2, gather[:, None, :].expand(-1, probs.shape[1], -1))  # [B, HW, W]
-        maps = maps / maps.sum(1, keepdim=True).clamp_min(1e-8)
-        inside = (maps * box_masks(boxes, resolution).transpose(1, 2)).sum(1)  # [B, W]
-        losses.append(((1 - inside) ** 2)[valid].mean())
+    losses = [((1 - in_box_mass(processor.probs, positions, boxes, resolution)) ** 2)[valid].mean()
+              for resolution, processor in layers]
     return torch.stack(losses).mean()
+
+
+def in_box_mass(probs: torch.Tensor, positions: torch.Tensor, boxes: torch.Tensor, resolution: int) -> torch.Tensor:
+    """``[B, W]``: the share of each object word's attention map (``probs[b, :, positions[b, w]]``, over the
+    ``resolution``-square grid) that falls on the cells of its object's box."""
+    gather = positions.clamp(min=0)
+    maps = torch.gather(probs, 2, gather[:, None, :].expand(-1, probs.shape[1], -1))  # [B, HW, W]
+    maps = maps / maps.sum(1, keepdim=True).clamp_min(1e-8)
+    return (maps * box_masks(boxes, resolution).transpose(1, 2)).sum(1)
 
 
 class WordHead(nn.Module):
