@@ -21,17 +21,8 @@ from pathlib import Path
 import torch
 
 from bench.layers import cross_attention_layers
-from toytrain.base import (
-    GroundingProcessor,
-    box_masks,
-    encode_latents,
-    grounding_targets,
-    in_box_mass,
-    install_grounding,
-)
-from toytrain.data import render_set
+from toytrain.base import GroundingProcessor, box_masks, encode_training_set, in_box_mass, install_grounding
 from toyworld.models import build_clip_tokenizer, load_toy_pipeline
-from toyworld.world import UPRIGHT
 
 SHAPE_ONLY_SHARE = 0.3  # the caption-tuned base's training captions
 TIMESTEPS = (200, 500, 800)
@@ -41,12 +32,8 @@ TIMESTEPS = (200, 500, 800)
 def layer_masses(pipe, images: int, timesteps: tuple[int, ...], seed: int = 0
                  ) -> list[tuple[str, int, float, list[float]]]:
     """Per cross-attention layer of 8x8 or finer: ``(name, grid side, box share, [in-box mass per timestep])``."""
-    pixels, items = render_set(images, seed=seed, poses=UPRIGHT, shape_only_share=SHAPE_ONLY_SHARE)
-    latents = encode_latents(pipe.vae, pixels)[0].float()
-    tokenizer = build_clip_tokenizer()
-    ids = tokenizer([item.caption for item in items], padding="max_length", max_length=77, truncation=True,
-                    return_tensors="pt").input_ids
-    positions, boxes = grounding_targets(tokenizer, items)
+    data = encode_training_set(pipe.vae, build_clip_tokenizer(), images, seed, SHAPE_ONLY_SHARE)
+    latents, ids, positions, boxes = data["means"].float(), data["ids"], data["positions"], data["boxes"]
     named = positions >= 0
     names = cross_attention_layers(pipe.unet)
     recorded: list[str] = []
@@ -63,7 +50,7 @@ def layer_masses(pipe, images: int, timesteps: tuple[int, ...], seed: int = 0
     masses: list[list[float]] = [[] for _ in layers]
     for t in timesteps:
         noise = torch.randn(latents.shape, generator=generator)
-        steps = torch.full((len(items),), t)
+        steps = torch.full((len(latents),), t)
         pipe.unet(pipe.scheduler.add_noise(latents, noise, steps), steps, encoder_hidden_states=hidden)
         for row, (resolution, processor) in zip(masses, layers, strict=True):
             row.append(float(in_box_mass(processor.probs, positions, boxes, resolution)[named].mean()))

@@ -229,20 +229,27 @@ def _grounding_suffix(grounded_layers: str) -> str:
     return "" if grounded_layers == BASE_GROUNDING_LAYERS else f"-grounding-{grounded_layers}"
 
 
+def encode_training_set(vae, tokenizer, images: int, seed: int, shape_only_share: float = 0.0,
+                        max_objects: int = MAX_OBJECTS) -> dict[str, torch.Tensor]:
+    """``images`` base-training images of ``seed`` (upright objects) as the base stage reads them: VAE latents
+    (``means``, ``stds``), caption token ids (``ids``) and grounding targets (``positions``, ``boxes``)."""
+    pixels, items = render_set(images, seed=seed, poses=UPRIGHT, shape_only_share=shape_only_share,
+                               max_objects=max_objects)
+    means, stds = encode_latents(vae, pixels)
+    ids = tokenizer([item.caption for item in items], padding="max_length", max_length=77, truncation=True,
+                    return_tensors="pt").input_ids
+    positions, boxes = grounding_targets(tokenizer, items)
+    data = {"means": means, "stds": stds, "ids": ids, "positions": positions, "boxes": boxes}
+    return {key: value.contiguous() for key, value in data.items()}
+
+
 def _training_data(folder: Path, weights: Path, images: int, seed: int, tokenizer, shape_only_share: float = 0.0,
                    max_objects: int = MAX_OBJECTS) -> dict[str, torch.Tensor]:
     """Latents, token ids and grounding targets of the training set, cached in the checkpoint folder."""
     path = folder / f"data-{images}-{seed}{_data_suffix(shape_only_share, max_objects)}.safetensors"
     if path.is_file():
         return load_file(str(path))
-    pixels, items = render_set(images, seed=seed, poses=UPRIGHT, shape_only_share=shape_only_share,
-                               max_objects=max_objects)
-    means, stds = encode_latents(load_vae(weights).eval(), pixels)
-    ids = tokenizer([item.caption for item in items], padding="max_length", max_length=77, truncation=True,
-                    return_tensors="pt").input_ids
-    positions, boxes = grounding_targets(tokenizer, items)
-    data = {"means": means, "stds": stds, "ids": ids, "positions": positions, "boxes": boxes}
-    data = {key: value.contiguous() for key, value in data.items()}
+    data = encode_training_set(load_vae(weights).eval(), tokenizer, images, seed, shape_only_share, max_objects)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(data, str(path.with_suffix(".tmp")))
     path.with_suffix(".tmp").replace(path)
