@@ -4,6 +4,8 @@ CPU (tiny SD1.5-layout model, 1 thread, CPU time of interleaved pairs in one pro
     python scripts/bench_composer.py --sizes 256x256 --regions 1 2 4 8
 GPU (full SD1.5 architecture, random weights, fp16, VAE decoding included on both sides):
     python scripts/bench_composer.py --full-sd15 --sizes 512x1024 --regions 4 --device cuda
+Toy world's architecture (random weights, its DDIM schedule), each UNet size in turn, in one process:
+    python scripts/bench_composer.py --toy-unet small wide --sizes 64x64 --regions 2 4 --loss-level 1
 
 What it measures and how it proves it measured it:
 
@@ -14,6 +16,8 @@ What it measures and how it proves it measured it:
   size at which a box is empty on the loss grid (an empty box has no loss: nothing to measure).
 - Every UNet forward and every backward pass is counted; the composer side must take exactly the
   refinement steps it claims (by default the whole official window of 26 steps, no early stop).
+- With several ``--toy-unet`` sizes, each size's LoRA-Composer time is also given as a ratio to the first
+  size's, measured in the same process at the same (size, regions).
 - CPU: time is the process's CPU time (``time.process_time``) with ``--threads`` intra-op threads,
   pairs interleaved after one warm-up of each side; peak memory is the peak RSS of a separate
   process per side (``ru_maxrss`` only rises, so one process cannot measure two sides).
@@ -55,6 +59,8 @@ from composer.guidance import composer_sampler  # noqa: E402
 from composer.layout import RegionInput, prepare_layout  # noqa: E402
 from randomworld.loras import random_concept_lora  # noqa: E402
 from randomworld.models import build_random_pipeline  # noqa: E402
+from toyworld.models import UNET_SIZES, ZERO_SNR_V, build_text_encoder, build_unet, build_vae  # noqa: E402
+from toyworld.models import scheduler as toy_scheduler  # noqa: E402
 
 SD15_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -89,6 +95,15 @@ def build_sd15_pipeline(device: torch.device, dtype: torch.dtype) -> StableDiffu
                                    scheduler=sd_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     return pipe.to(device=device, dtype=dtype)
+
+
+def build_toy_pipeline(unet_size: str) -> StableDiffusionPipeline:
+    """The toy world's architecture with a UNet of ``unet_size``, random weights, its DDIM schedule (timing only)."""
+    torch.manual_seed(0)
+    return StableDiffusionPipeline(vae=build_vae().eval(), text_encoder=build_text_encoder().eval(),
+                                   tokenizer=build_clip_tokenizer(), unet=build_unet(unet_size).eval(),
+                                   scheduler=toy_scheduler(ZERO_SNR_V), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
 
 
 def grid_layout(regions: int, margin: float = 0.02) -> list[Box]:
@@ -148,24 +163,25 @@ class Bench:
     """One (model, size, regions) setting: the two sides as callables."""
 
     def __init__(self, args: argparse.Namespace, size: tuple[int, int], regions: int,
-                 pipe: StableDiffusionPipeline | None = None):
+                 pipe: StableDiffusionPipeline | None = None, toy_unet: str | None = None):
         self.args, (self.height, self.width), self.regions = args, size, regions
         self.device = torch.device(args.device)
         self.dtype = getattr(torch, args.dtype)
-        self.pipe = pipe or make_pipeline(args)
+        self.pipe = pipe or make_pipeline(args, toy_unet)
         tokens = [(f"<c{r}a>", f"<c{r}b>") for r in range(regions)]
         loras = [random_concept_lora(self.pipe.unet, self.pipe.text_encoder, t, seed=r) for r, t in enumerate(tokens)]
         self.boxes = grid_layout(regions)
         self.inputs = [RegionInput(box, f"a {t[0]} {t[1]}, walking near a lake", lora, t, NEGATIVE)
                        for box, t, lora in zip(self.boxes, tokens, loras, strict=True)]
-        self.noise = initial_noise(0, (1, 4, self.height // 8, self.width // 8))
+        self.latent_hw = (self.height // self.pipe.vae_scale_factor, self.width // self.pipe.vae_scale_factor)
+        self.noise = initial_noise(0, (1, 4, *self.latent_hw))
         self.config = ComposerConfig(num_steps=args.steps, max_refine_steps=args.max_refine_steps,
                                      early_stop_from=5 if args.early_stop else 10**9, loss_level=args.loss_level)
         self.log: dict[str, Any] = {}
 
     def check_layout(self) -> dict[str, Any]:
         """Refuse a size at which a box is empty on the loss grid; report empty boxes on other attention grids."""
-        latent_hw = (self.height // 8, self.width // 8)
+        latent_hw = self.latent_hw
         loss_empty = empty_boxes(self.boxes, latent_hw, [self.args.loss_level])
         if loss_empty:
             h, w = grid_at_level(latent_hw, self.args.loss_level)
@@ -208,10 +224,13 @@ class Bench:
         return {"plain": (self.args.steps, 0), "composer": (1 + refine + self.args.steps, refine)}
 
 
-def make_pipeline(args: argparse.Namespace) -> StableDiffusionPipeline:
-    """The model under test on the requested device and dtype."""
+def make_pipeline(args: argparse.Namespace, toy_unet: str | None = None) -> StableDiffusionPipeline:
+    """The model under test on the requested device and dtype (``toy_unet``: the toy world with that UNet size)."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    pipe = build_sd15_pipeline(device, dtype) if args.full_sd15 else build_random_pipeline()
+    if toy_unet:
+        pipe = build_toy_pipeline(toy_unet)
+    else:
+        pipe = build_sd15_pipeline(device, dtype) if args.full_sd15 else build_random_pipeline()
     if not args.full_sd15 and (device.type != "cpu" or dtype != torch.float32):
         pipe = pipe.to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -247,19 +266,21 @@ def run_side(args: argparse.Namespace) -> None:
     """Child process of the CPU memory measurement: one side, once; prints peak RSS before and after."""
     torch.set_num_threads(args.threads)
     size = parse_size(args.sizes[0])
-    bench = Bench(args, size, args.regions[0])
+    bench = Bench(args, size, args.regions[0], toy_unet=args.toy_unet[0] if args.toy_unet else None)
     before = _rss_gib()
     getattr(bench, args.side)()
     print(json.dumps({"rss_after_setup_gib": before, "peak_rss_gib": _rss_gib()}))
 
 
-def side_memory(args: argparse.Namespace, size: str, regions: int, side: str) -> dict[str, float]:
+def side_memory(args: argparse.Namespace, size: str, regions: int, side: str,
+                toy_unet: str | None = None) -> dict[str, float]:
     """Peak RSS of a fresh process that builds the model and runs one side once."""
     argv = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--sizes", size, "--regions", str(regions),
             "--steps", str(args.steps), "--max-refine-steps", str(args.max_refine_steps),
             "--loss-level", str(args.loss_level), "--device", args.device, "--dtype", args.dtype,
             "--threads", str(args.threads), "--decode" if args.decode else "--no-decode"]
     argv += ["--full-sd15"] if args.full_sd15 else []
+    argv += ["--toy-unet", toy_unet] if toy_unet else []
     argv += ["--early-stop"] if args.early_stop else []
     done = subprocess.run(argv, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -287,10 +308,11 @@ def machine() -> dict[str, Any]:
 
 
 def bench_setting(args: argparse.Namespace, size_text: str, regions: int, counters: Counters | None,
-                  pipe: StableDiffusionPipeline) -> dict[str, Any]:
+                  pipe: StableDiffusionPipeline, toy_unet: str | None = None) -> dict[str, Any]:
     """Warm up both sides, then ``--repeats`` interleaved pairs; counts checked on every run."""
     bench = Bench(args, parse_size(size_text), regions, pipe)
-    result: dict[str, Any] = {"size_hw": list(parse_size(size_text)), "regions": regions, **bench.check_layout()}
+    result: dict[str, Any] = {"model": model_name(args, toy_unet), "size_hw": list(parse_size(size_text)),
+                              "regions": regions, **bench.check_layout()}
     counters = counters or Counters(pipe.unet)
     expected = bench.expected_counts()
     sides = {"plain": bench.plain, "composer": bench.composer}
@@ -319,17 +341,33 @@ def bench_setting(args: argparse.Namespace, size_text: str, regions: int, counte
     result["pair_ratios"] = [round(r, 3) for r in ratios]
     if args.memory and bench.device.type == "cpu":
         for name in sides:
-            mem = side_memory(args, size_text, regions, name)
+            mem = side_memory(args, size_text, regions, name, toy_unet)
             result[f"{name}_peak_rss_gib"] = round(mem["peak_rss_gib"], 3)
             result["rss_after_setup_gib"] = round(mem["rss_after_setup_gib"], 3)
     return result
 
 
+def model_name(args: argparse.Namespace, toy_unet: str | None) -> str:
+    """How results name the model under test."""
+    if toy_unet:
+        return f"toy world, {toy_unet} UNet (random weights)"
+    return "full SD1.5 architecture (random weights)" if args.full_sd15 else "tiny SD1.5 layout"
+
+
+def ratios_to_first_model(results: list[dict[str, Any]], key: str) -> list[str]:
+    """LoRA-Composer's time under each later model over the first model's, per (size, regions) of this run."""
+    first = results[0]["model"] if results else None
+    baseline = {(tuple(r["size_hw"]), r["regions"]): r[f"composer_{key}"] for r in results if r["model"] == first}
+    return [f"{r['model']} / {first}, {r['size_hw'][0]}x{r['size_hw'][1]}, {r['regions']} regions: LoRA-Composer "
+            f"{r[f'composer_{key}'] / baseline[(tuple(r['size_hw']), r['regions'])]:.2f}×"
+            for r in results if r["model"] != first]
+
+
 def table(results: list[dict[str, Any]], key: str) -> str:
     """The markdown table of all settings."""
     unit = "CPU s" if key == "cpu_s" else "s"
-    lines = [f"| size | regions | plain {unit} | LoRA-Composer {unit} | ratio (pairs) | forwards / backwards | "
-             "peak memory plain / composer |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| model | size | regions | plain {unit} | LoRA-Composer {unit} | ratio (pairs) | forwards / backwards | "
+             "peak memory plain / composer |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "plain_peak_reserved_gib" in r:
             mem = f"{r['plain_peak_reserved_gib']} / {r['composer_peak_reserved_gib']} GiB reserved"
@@ -338,7 +376,7 @@ def table(results: list[dict[str, Any]], key: str) -> str:
         else:
             mem = "-"
         pairs = ", ".join(f"{p:.2f}" for p in r["pair_ratios"])
-        lines.append(f"| {r['size_hw'][0]}x{r['size_hw'][1]} | {r['regions']} | {r[f'plain_{key}']} | "
+        lines.append(f"| {r['model']} | {r['size_hw'][0]}x{r['size_hw'][1]} | {r['regions']} | {r[f'plain_{key}']} | "
                      f"{r[f'composer_{key}']} | **{r['ratio']:.2f}×** ({pairs}) | {r['unet_forwards']} / "
                      f"{r['backward_passes']} | {mem} |")
     return "\n".join(lines)
@@ -348,6 +386,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full-sd15", action="store_true", help="full SD1.5 architecture (random weights)")
+    parser.add_argument("--toy-unet", nargs="+", choices=list(UNET_SIZES),
+                        help="the toy world's architecture (random weights) with these UNet sizes, one after another")
     parser.add_argument("--sizes", "--size", nargs="+", default=["256x256"], help="HxW in pixels")
     parser.add_argument("--regions", type=int, nargs="+", default=[4])
     parser.add_argument("--steps", type=int, default=50)
@@ -366,6 +406,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", help="also write all results to this file")
     parser.add_argument("--side", choices=["plain", "composer"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.full_sd15 and args.toy_unet:
+        parser.error("--full-sd15 and --toy-unet name two different models; give one")
     args.dtype = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
     args.decode = args.device.startswith("cuda") if args.decode is None else args.decode
     return args
@@ -379,21 +421,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         return []
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
-    header = {"model": "full SD1.5 architecture (random weights)" if args.full_sd15 else "tiny SD1.5 layout",
+    header = {"models": [model_name(args, toy_unet) for toy_unet in args.toy_unet or [None]],
               "steps": args.steps, "max_refine_steps": args.max_refine_steps, "early_stop": args.early_stop,
               "dtype": args.dtype, "device": args.device, "decode": args.decode, "machine_before": machine()}
     print(json.dumps(header))
-    pipe = make_pipeline(args)
-    counters = Counters(pipe.unet)
     results = []
-    for size in args.sizes:
-        for regions in args.regions:
-            result = bench_setting(args, size, regions, counters, pipe)
-            print(json.dumps(result), flush=True)
-            results.append(result)
+    for toy_unet in args.toy_unet or [None]:
+        pipe = make_pipeline(args, toy_unet)
+        counters = Counters(pipe.unet)
+        for size in args.sizes:
+            for regions in args.regions:
+                result = bench_setting(args, size, regions, counters, pipe, toy_unet)
+                print(json.dumps(result), flush=True)
+                results.append(result)
     header["machine_after"] = machine()
     key = "cpu_s" if args.device == "cpu" else "wall_s"
     print(table(results, key))
+    for line in ratios_to_first_model(results, key):
+        print(line)
     print(json.dumps({"machine_after": header["machine_after"]}))
     if args.json:
         Path(args.json).write_text(json.dumps({"header": header, "results": results}, indent=1), encoding="utf-8")
