@@ -59,8 +59,7 @@ from composer.guidance import composer_sampler  # noqa: E402
 from composer.layout import RegionInput, prepare_layout  # noqa: E402
 from randomworld.loras import random_concept_lora  # noqa: E402
 from randomworld.models import build_random_pipeline  # noqa: E402
-from toyworld.models import UNET_SIZES, ZERO_SNR_V, build_text_encoder, build_unet, build_vae  # noqa: E402
-from toyworld.models import scheduler as toy_scheduler  # noqa: E402
+from toyworld.models import UNET_SIZES, ZERO_SNR_V, build_text_encoder, build_unet, build_vae, toy_pipeline  # noqa: E402
 
 SD15_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -100,10 +99,7 @@ def build_sd15_pipeline(device: torch.device, dtype: torch.dtype) -> StableDiffu
 def build_toy_pipeline(unet_size: str) -> StableDiffusionPipeline:
     """The toy world's architecture with a UNet of ``unet_size``, random weights, its DDIM schedule (timing only)."""
     torch.manual_seed(0)
-    return StableDiffusionPipeline(vae=build_vae().eval(), text_encoder=build_text_encoder().eval(),
-                                   tokenizer=build_clip_tokenizer(), unet=build_unet(unet_size).eval(),
-                                   scheduler=toy_scheduler(ZERO_SNR_V), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    return toy_pipeline(build_vae(), build_text_encoder(), build_unet(unet_size), ZERO_SNR_V)
 
 
 def grid_layout(regions: int, margin: float = 0.02) -> list[Box]:

@@ -170,12 +170,19 @@ def load_toy_pipeline(folder: Path | None = None) -> StableDiffusionPipeline:
     path = weights_path("unet", folder)
     unet = load_weights(UNet2DConditionModel.from_config(stored_unet_config(path)), path, script)
     text_encoder = load_weights(build_text_encoder(), weights_path("text_encoder", folder), script)
+    return toy_pipeline(load_vae(folder), text_encoder, unet, stored_schedule(path))
+
+
+def toy_pipeline(vae: AutoencoderKL, text_encoder: CLIPTextModel, unet: UNet2DConditionModel,
+                 schedule: dict) -> StableDiffusionPipeline:
+    """The toy world's modules, in eval mode, as a plain diffusers ``StableDiffusionPipeline`` (DDIM on
+    ``schedule``)."""
     return StableDiffusionPipeline(
-        vae=load_vae(folder).eval(),
+        vae=vae.eval(),
         text_encoder=text_encoder.eval(),
         tokenizer=build_clip_tokenizer(),
         unet=unet.eval(),
-        scheduler=scheduler(stored_schedule(path)),
+        scheduler=scheduler(schedule),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
