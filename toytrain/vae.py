@@ -61,7 +61,7 @@ def train_vae(out_dir, *, seed: int = 0, images: int = 20000, crop_steps: int = 
         loss.backward()
         opt.step()
         if step % 250 == 0 or step == total - 1:
-            log.event("vae", step=step, loss=float(loss), mse=mse, seconds=round(loop.seconds(), 1))
+            log.event("vae", step=step, loss=loss.item(), mse=mse, seconds=round(loop.seconds(), 1))
         loop.after_step(step + 1, total)
     vae.eval()
     with torch.no_grad():

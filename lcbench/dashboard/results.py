@@ -210,7 +210,9 @@ def render_drill(cat: RunCatalog, items: list[ImageItem], scores: data.Scores, z
         if scores.frame is not None:
             rows = scores.frame[(scores.frame["run"] == run.root.name) & (scores.frame["method"] == item.method)
                                 & (scores.frame["scene"] == item.scene) & (scores.frame["index"] == item.index)]
-            right.dataframe(rows[["metric", "concept", "region", "value"]], hide_index=True, key="drill_scores")
+            shown = rows[["metric", "concept", "region", "value"]]
+            shown.attrs = {}  # the score frame's attrs hold MetricInfo objects, which Arrow cannot serialize
+            right.dataframe(shown, hide_index=True, key="drill_scores")
         with right.expander("Run manifest"):
             st.json(run.manifest, expanded=False)
         if st.button("Close the drill-down", key="drill_close"):
