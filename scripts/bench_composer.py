@@ -225,8 +225,10 @@ def make_pipeline(args: argparse.Namespace, toy_unet: str | None = None) -> Stab
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if toy_unet:
         pipe = build_toy_pipeline(toy_unet)
+    elif args.full_sd15:
+        pipe = build_sd15_pipeline(device, dtype)
     else:
-        pipe = build_sd15_pipeline(device, dtype) if args.full_sd15 else build_random_pipeline()
+        pipe = build_random_pipeline()
     if not args.full_sd15 and (device.type != "cpu" or dtype != torch.float32):
         pipe = pipe.to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
