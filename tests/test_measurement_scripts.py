@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -122,3 +123,27 @@ def test_grounding_diagnosis_finds_the_committed_worlds_grounded_layers_looking_
     assert diagnosis.main(["--images", "4", "--timesteps", "900", "--threads", "1"]) == 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
     assert len(table) == len(rows)
+
+
+def test_composer_benchmark_times_each_toy_unet_size_and_counts_the_work_it_names(tmp_path: Path) -> None:
+    """``--toy-unet small wide``: one result per UNet size, latents sized by the toy VAE's factor of 4 (a 16x16 loss
+    grid at level 1 for 64x64 images; SD's factor of 8 would give 8x8), the counted UNet forwards and backward passes
+    those of the steps asked for (one re-initialization forward, then a guided forward and a backward per refinement
+    step, then the sampling steps), and the wide size's time given as a ratio to the small size's."""
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, str(SCRIPTS / "bench_composer.py"), "--toy-unet", "small", "wide", "--sizes", "64x64",
+            "--regions", "2", "--steps", "4", "--max-refine-steps", "3", "--loss-level", "1", "--repeats", "1",
+            "--no-memory", "--device", "cpu", "--json", str(out)]
+    printed = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=600).stdout
+    report = json.loads(out.read_text())
+    small, wide = (f"toy world, {size} UNet (random weights)" for size in ("small", "wide"))
+    assert report["header"]["models"] == [small, wide]
+    results = report["results"]
+    assert [r["model"] for r in results] == [small, wide]
+    for r in results:
+        assert r["loss_grid_hw"] == [16, 16]
+        assert (r["unet_forwards"], r["backward_passes"]) == (1 + 3 + 4, 3)
+    ratio = results[1]["composer_cpu_s"] / results[0]["composer_cpu_s"]
+    assert f"{wide} / {small}, 64x64, 2 regions: LoRA-Composer {ratio:.2f}×" in printed.splitlines()
+    refused = subprocess.run([*argv[:2], "--full-sd15", "--toy-unet", "small"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--full-sd15 and --toy-unet name two different models" in refused.stderr
